@@ -1,0 +1,49 @@
+// The op schemas (defined once, here), their CPU kernels, and the pybind11
+// module deconv_ext._C exposing the same functions. deconv_ext/_ops.py adds
+// the CUDA (Triton) kernels, fake kernels and autograd for the same names.
+#include <torch/library.h>
+#include <torch/extension.h>
+
+#include "pad_crop.h"
+#include "spectral.h"
+
+TORCH_LIBRARY(deconv_ext, m) {
+  m.def("spectral_solve(Tensor y, Tensor k, Tensor? reg, float eps, Tensor thresh) -> Tensor");
+  m.def("spectral_mul(Tensor y, Tensor k, bool conj) -> Tensor");
+  m.def("spectral_solve_backward(Tensor grad, Tensor y, Tensor k, Tensor? reg, float eps, "
+        "Tensor thresh) -> (Tensor, Tensor)");
+  m.def("spectral_mul_grad_k(Tensor grad, Tensor y, int[] k_shape, bool conj) -> Tensor");
+  m.def("pad(Tensor x, int top, int left, int height, int width, str mode) -> Tensor");
+  m.def("pad_backward(Tensor grad, int top, int left, int height, int width, str mode) -> Tensor");
+  m.def("crop(Tensor x, int top, int left, int height, int width, ScalarType dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
+  m.impl("spectral_solve", &deconv_ext::spectral_solve);
+  m.impl("spectral_mul", &deconv_ext::spectral_mul);
+  m.impl("spectral_solve_backward", &deconv_ext::spectral_solve_backward);
+  m.impl("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k);
+  m.impl("pad", &deconv_ext::pad);
+  m.impl("pad_backward", &deconv_ext::pad_backward);
+  m.impl("crop", &deconv_ext::crop);
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "deconv_ext CPU kernels (also registered as torch.ops.deconv_ext.*)";
+  m.def("spectral_solve", &deconv_ext::spectral_solve, "fused regularised spectral solve",
+        py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  m.def("spectral_mul", &deconv_ext::spectral_mul, "K*Y or conj(K)*Y", py::arg("y"),
+        py::arg("k"), py::arg("conj"));
+  m.def("spectral_solve_backward", &deconv_ext::spectral_solve_backward,
+        "gradients of spectral_solve w.r.t. k and reg", py::arg("grad"), py::arg("y"),
+        py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  m.def("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k,
+        "gradient of spectral_mul w.r.t. k", py::arg("grad"), py::arg("y"), py::arg("k_shape"),
+        py::arg("conj"));
+  m.def("pad", &deconv_ext::pad, "fused boundary extension + cast", py::arg("x"),
+        py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
+  m.def("pad_backward", &deconv_ext::pad_backward, "adjoint of pad", py::arg("grad"),
+        py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
+  m.def("crop", &deconv_ext::crop, "fused crop + cast", py::arg("x"), py::arg("top"),
+        py::arg("left"), py::arg("height"), py::arg("width"), py::arg("dtype"));
+}

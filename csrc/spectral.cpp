@@ -1,0 +1,237 @@
+// Fused per-frequency kernels on the CPU: the regularised spectral solve and
+// the plain spectral multiply (forward blur / adjoint).
+//
+// Every input after the spectrum `y` is broadcast to `y`'s shape by
+// TensorIterator (stride 0), so a shared kernel spectrum is read from cache,
+// never materialised. The loops run in parallel over TensorIterator's outer
+// dimension (batch x rows) with at::parallel_for.
+#include "spectral.h"
+
+#include <ATen/TensorIterator.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/complex.h>
+
+namespace deconv_ext {
+namespace {
+
+void check_spectrum(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_complex(), name, " must be a complex tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kComplexFloat || t.scalar_type() == at::kComplexDouble,
+              name, " must be complex64 or complex128, got ", t.scalar_type());
+}
+
+void check_broadcasts(const at::Tensor& t, const at::Tensor& y, const char* name) {
+  TORCH_CHECK(t.dim() <= y.dim(), name, " has more dims (", t.dim(), ") than y (", y.dim(), ")");
+  for (int64_t i = 1; i <= t.dim(); ++i) {
+    const int64_t a = t.size(-i), b = y.size(-i);
+    TORCH_CHECK(a == b || a == 1, name, " of shape ", t.sizes(),
+                " does not broadcast to y of shape ", y.sizes());
+  }
+}
+
+// The per-element rule of DESIGN.md section 1. p = eps * reg is the
+// regulariser weight at this frequency; where it is zero the answer is the
+// pseudo-inverse with threshold `thr2` on |K|^2, elsewhere Tikhonov.
+template <typename T>
+inline c10::complex<T> solve_one(c10::complex<T> y, c10::complex<T> k, T p, T thr2) {
+  const T kr = k.real(), ki = k.imag();
+  const T k2 = kr * kr + ki * ki;
+  T den;
+  if (p > T(0)) {
+    den = k2 + p;
+  } else {
+    if (!(k2 > thr2)) return c10::complex<T>(T(0), T(0));
+    den = k2;
+  }
+  const T inv = T(1) / den;
+  const T yr = y.real(), yi = y.imag();
+  // conj(K) * Y / den
+  return c10::complex<T>((kr * yr + ki * yi) * inv, (kr * yi - ki * yr) * inv);
+}
+
+template <typename T>
+void solve_kernel(at::TensorIterator& iter, bool has_reg, T eps) {
+  using C = c10::complex<T>;
+  // operand order: out, y, k, thresh, [reg]
+  iter.for_each([&](char** data, const int64_t* strides, int64_t n) {
+    char* out = data[0];
+    const char* y = data[1];
+    const char* k = data[2];
+    const char* th = data[3];
+    const char* rg = has_reg ? data[4] : nullptr;
+    const int64_t so = strides[0], sy = strides[1], sk = strides[2], st = strides[3];
+    const int64_t sr = has_reg ? strides[4] : 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T p = has_reg ? eps * *reinterpret_cast<const T*>(rg + i * sr) : eps;
+      *reinterpret_cast<C*>(out + i * so) =
+          solve_one<T>(*reinterpret_cast<const C*>(y + i * sy),
+                       *reinterpret_cast<const C*>(k + i * sk), p,
+                       *reinterpret_cast<const T*>(th + i * st));
+    }
+  }, /*grain_size=*/32768);
+}
+
+template <typename T>
+void mul_kernel(at::TensorIterator& iter, bool conj) {
+  using C = c10::complex<T>;
+  iter.for_each([&](char** data, const int64_t* strides, int64_t n) {
+    char* out = data[0];
+    const char* y = data[1];
+    const char* k = data[2];
+    const int64_t so = strides[0], sy = strides[1], sk = strides[2];
+    for (int64_t i = 0; i < n; ++i) {
+      C kv = *reinterpret_cast<const C*>(k + i * sk);
+      if (conj) kv = std::conj(kv);
+      *reinterpret_cast<C*>(out + i * so) = kv * *reinterpret_cast<const C*>(y + i * sy);
+    }
+  }, /*grain_size=*/32768);
+}
+
+// Gradients of X = conj(K) Y / d, d = |K|^2 + p (p = eps * reg), in PyTorch's
+// convention (grad_z = g conj(dX/dz) + conj(g) dX/dconj(z)):
+//   dL/dK = -g K^2 conj(Y) / d^2 + conj(g) Y p / d^2
+//   dL/dp = -Re(g K conj(Y)) / d^2
+// On the pseudo-inverse branch (p == 0) the same with d = |K|^2, and 0 where
+// the threshold drops the frequency.
+template <typename T>
+void solve_backward_kernel(at::TensorIterator& iter, bool has_reg, T eps) {
+  using C = c10::complex<T>;
+  // operand order: grad_k, grad_p, g, y, k, thresh, [reg]
+  iter.for_each([&](char** data, const int64_t* strides, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      const C g = *reinterpret_cast<const C*>(data[2] + i * strides[2]);
+      const C y = *reinterpret_cast<const C*>(data[3] + i * strides[3]);
+      const C k = *reinterpret_cast<const C*>(data[4] + i * strides[4]);
+      const T thr2 = *reinterpret_cast<const T*>(data[5] + i * strides[5]);
+      const T p = has_reg ? eps * *reinterpret_cast<const T*>(data[6] + i * strides[6]) : eps;
+      const T k2 = std::norm(k);
+      C gk(0, 0);
+      T gp(0);
+      const bool live = p > T(0) || k2 > thr2;
+      if (live) {
+        const T d = k2 + (p > T(0) ? p : T(0));
+        const T inv2 = T(1) / (d * d);
+        const C gky = g * k * std::conj(y);
+        gk = (-gky * k + std::conj(g) * y * p) * inv2;
+        gp = -gky.real() * inv2;
+      }
+      *reinterpret_cast<C*>(data[0] + i * strides[0]) = gk;
+      *reinterpret_cast<T*>(data[1] + i * strides[1]) = gp;
+    }
+  }, /*grain_size=*/32768);
+}
+
+}  // namespace
+
+at::Tensor spectral_solve(const at::Tensor& y, const at::Tensor& k,
+                          const c10::optional<at::Tensor>& reg, double eps,
+                          const at::Tensor& thresh) {
+  check_spectrum(y, "y");
+  check_spectrum(k, "k");
+  TORCH_CHECK(k.scalar_type() == y.scalar_type(), "k dtype ", k.scalar_type(),
+              " differs from y dtype ", y.scalar_type());
+  check_broadcasts(k, y, "k");
+  const auto real_t = c10::toRealValueType(y.scalar_type());
+  TORCH_CHECK(thresh.scalar_type() == real_t, "thresh must be ", real_t, ", got ",
+              thresh.scalar_type());
+  check_broadcasts(thresh, y, "thresh");
+  TORCH_CHECK(eps >= 0.0, "eps must be >= 0, got ", eps);
+  const bool has_reg = reg.has_value() && reg->defined();
+  if (has_reg) {
+    TORCH_CHECK(reg->scalar_type() == real_t, "reg must be ", real_t, ", got ",
+                reg->scalar_type());
+    check_broadcasts(*reg, y, "reg");
+  }
+  // Raw reads ignore the lazy conjugate bit: materialise it (DESIGN.md section 5).
+  const at::Tensor yv = y.resolve_conj();
+  const at::Tensor kv = k.resolve_conj();
+  at::Tensor out = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  auto cfg = at::TensorIteratorConfig();
+  cfg.add_output(out).add_const_input(yv).add_const_input(kv).add_const_input(thresh);
+  if (has_reg) cfg.add_const_input(*reg);
+  cfg.check_all_same_dtype(false).resize_outputs(false);
+  at::TensorIterator iter = cfg.build();
+  AT_DISPATCH_FLOATING_TYPES(real_t, "spectral_solve", [&] {
+    solve_kernel<scalar_t>(iter, has_reg, static_cast<scalar_t>(eps));
+  });
+  return out;
+}
+
+at::Tensor spectral_mul(const at::Tensor& y, const at::Tensor& k, bool conj) {
+  check_spectrum(y, "y");
+  check_spectrum(k, "k");
+  TORCH_CHECK(k.scalar_type() == y.scalar_type(), "k dtype ", k.scalar_type(),
+              " differs from y dtype ", y.scalar_type());
+  check_broadcasts(k, y, "k");
+  const at::Tensor yv = y.resolve_conj();
+  const at::Tensor kv = k.resolve_conj();
+  at::Tensor out = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  at::TensorIterator iter = at::TensorIteratorConfig()
+                                .add_output(out)
+                                .add_const_input(yv)
+                                .add_const_input(kv)
+                                .resize_outputs(false)
+                                .build();
+  AT_DISPATCH_FLOATING_TYPES(c10::toRealValueType(y.scalar_type()), "spectral_mul", [&] {
+    mul_kernel<scalar_t>(iter, conj);
+  });
+  return out;
+}
+
+}  // namespace deconv_ext
+
+namespace deconv_ext {
+
+std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
+    const at::Tensor& grad, const at::Tensor& y, const at::Tensor& k,
+    const c10::optional<at::Tensor>& reg, double eps, const at::Tensor& thresh) {
+  check_spectrum(grad, "grad");
+  check_spectrum(y, "y");
+  check_spectrum(k, "k");
+  TORCH_CHECK(grad.sizes() == y.sizes(), "grad shape ", grad.sizes(), " != y shape ", y.sizes());
+  check_broadcasts(k, y, "k");
+  check_broadcasts(thresh, y, "thresh");
+  const bool has_reg = reg.has_value() && reg->defined();
+  if (has_reg) check_broadcasts(*reg, y, "reg");
+  const auto real_t = c10::toRealValueType(y.scalar_type());
+  auto opts = y.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor gk_full = at::empty(y.sizes(), opts);
+  at::Tensor gp_full = at::empty(y.sizes(), opts.dtype(real_t));
+  if (y.numel() > 0) {
+    auto cfg = at::TensorIteratorConfig();
+    cfg.add_output(gk_full).add_output(gp_full);
+    const at::Tensor gv = grad.resolve_conj(), yv = y.resolve_conj(), kv = k.resolve_conj();
+    cfg.add_const_input(gv).add_const_input(yv).add_const_input(kv).add_const_input(thresh);
+    if (has_reg) cfg.add_const_input(*reg);
+    cfg.check_all_same_dtype(false).resize_outputs(false);
+    at::TensorIterator iter = cfg.build();
+    AT_DISPATCH_FLOATING_TYPES(real_t, "spectral_solve_backward", [&] {
+      solve_backward_kernel<scalar_t>(iter, has_reg, static_cast<scalar_t>(eps));
+    });
+  } else {
+    gk_full.zero_();
+    gp_full.zero_();
+  }
+  // Sum over the dims along which k / reg were broadcast; reg's gradient is
+  // eps * dL/dp. Without reg the second output is dL/dp summed to a scalar,
+  // i.e. the gradient w.r.t. eps itself.
+  at::Tensor gk = at::sum_to(gk_full, k.sizes()).contiguous();
+  at::Tensor greg = has_reg ? (at::sum_to(gp_full, reg->sizes()) * eps).contiguous()
+                            : gp_full.sum();
+  return {gk, greg};
+}
+
+at::Tensor spectral_mul_grad_k(const at::Tensor& grad, const at::Tensor& y,
+                               at::IntArrayRef k_shape, bool conj) {
+  check_spectrum(grad, "grad");
+  check_spectrum(y, "y");
+  TORCH_CHECK(grad.sizes() == y.sizes(), "grad shape ", grad.sizes(), " != y shape ", y.sizes());
+  // s = K Y: dL/dK = g conj(Y); s = conj(K) Y: dL/dK = conj(g) Y = conj(g conj(Y)).
+  at::Tensor prod = spectral_mul(grad, y, /*conj=*/true);
+  at::Tensor out = at::sum_to(prod, k_shape);
+  return (conj ? out.conj_physical() : out).contiguous();
+}
+
+}  // namespace deconv_ext

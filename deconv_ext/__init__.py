@@ -1,0 +1,10 @@
+"""deconv_ext: fast, exact pseudo-inverses of 2D convolutions for PyTorch.
+
+Public names only; see DESIGN.md section 3 and each function's docstring.
+"""
+from . import _ops  # noqa: F401  (registers fake kernels, autograd, CUDA kernels)
+from .functional import conv2d_pinv, convolve, deconvolve
+from .plan import DeconvPlan
+
+__all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan"]
+__version__ = "0.1.0"

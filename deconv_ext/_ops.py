@@ -1,0 +1,237 @@
+"""The Python side of every ``torch.ops.deconv_ext`` op.
+
+The schemas and CPU kernels are defined once, in C++ (``csrc/ops.cpp``), and
+come into existence when ``deconv_ext._C`` is imported. This module adds, for
+the same op names:
+
+* the fake (meta) kernels, which check what the real kernels check, so shape
+  and dtype errors surface the same way under ``torch.compile``;
+* autograd: each op's backward is its exact adjoint (another op call, so the
+  backward graph stays free of complex arithmetic that Inductor cannot
+  generate);
+* the CUDA kernels (Triton launchers), when Triton and a CUDA device exist.
+
+There is deliberately no default/composite kernel: a device without a kernel
+is a clear error from the dispatcher.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+import torch
+
+__all__ = ["available", "require", "load_error", "ops"]
+
+_LOAD_ERROR: Optional[BaseException] = None
+try:  # importing the extension registers the op schemas and CPU kernels
+    from . import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    _LOAD_ERROR = exc
+
+BUILD_HINT = (
+    "the C++ extension deconv_ext._C is not built. Build it with "
+    "`pip install --no-build-isolation -e .` in the repository (or `make build`), "
+    "or set DECONV_EXT_BACKEND=torch to use the pure-torch reference path."
+)
+
+
+def available() -> bool:
+    """Whether the compiled ops exist."""
+    return _LOAD_ERROR is None
+
+
+def load_error() -> Optional[BaseException]:
+    return _LOAD_ERROR
+
+
+def require() -> None:
+    """Raise a RuntimeError that says how to build, if the ops do not exist."""
+    if _LOAD_ERROR is not None:
+        raise RuntimeError(f"{BUILD_HINT} (import error: {_LOAD_ERROR})")
+
+
+ops = torch.ops.deconv_ext
+
+# ---------------------------------------------------------------------------
+# Fake kernels: the same checks as the real kernels, then the output's shape.
+# ---------------------------------------------------------------------------
+
+
+def _check_spectrum(t: torch.Tensor, name: str) -> None:
+    torch._check(t.dtype in (torch.complex64, torch.complex128),
+                 lambda: f"{name} must be complex64 or complex128, got {t.dtype}")
+
+
+def _check_broadcasts(t: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    torch._check(t.dim() <= y.dim(), lambda: f"{name} has more dims ({t.dim()}) than y ({y.dim()})")
+    for i in range(1, t.dim() + 1):
+        a, b = t.shape[-i], y.shape[-i]
+        torch._check(a == 1 or a == b,
+                     lambda: f"{name} of shape {tuple(t.shape)} does not broadcast to y of shape "
+                             f"{tuple(y.shape)}")
+
+
+def _real_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype == torch.complex64 else torch.float64
+
+
+def _compute(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+_MODES = ("zeros", "constant", "reflect", "symmetric", "replicate", "circular")
+
+
+if available():
+
+    @torch.library.register_fake("deconv_ext::spectral_solve")
+    def _spectral_solve_fake(y, k, reg, eps, thresh):
+        _check_spectrum(y, "y")
+        _check_spectrum(k, "k")
+        torch._check(k.dtype == y.dtype, lambda: f"k dtype {k.dtype} differs from y dtype {y.dtype}")
+        _check_broadcasts(k, y, "k")
+        _check_broadcasts(thresh, y, "thresh")
+        torch._check(thresh.dtype == _real_of(y.dtype), lambda: f"thresh must be {_real_of(y.dtype)}")
+        if reg is not None:
+            _check_broadcasts(reg, y, "reg")
+            torch._check(reg.dtype == _real_of(y.dtype), lambda: f"reg must be {_real_of(y.dtype)}")
+        torch._check(eps >= 0, lambda: f"eps must be >= 0, got {eps}")
+        return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("deconv_ext::spectral_mul")
+    def _spectral_mul_fake(y, k, conj):
+        _check_spectrum(y, "y")
+        _check_spectrum(k, "k")
+        torch._check(k.dtype == y.dtype, lambda: f"k dtype {k.dtype} differs from y dtype {y.dtype}")
+        _check_broadcasts(k, y, "k")
+        return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("deconv_ext::spectral_solve_backward")
+    def _spectral_solve_backward_fake(grad, y, k, reg, eps, thresh):
+        _check_spectrum(grad, "grad")
+        _check_broadcasts(k, y, "k")
+        gk = k.new_empty(k.shape)
+        greg = reg.new_empty(reg.shape) if reg is not None else y.new_empty((), dtype=_real_of(y.dtype))
+        return gk, greg
+
+    @torch.library.register_fake("deconv_ext::spectral_mul_grad_k")
+    def _spectral_mul_grad_k_fake(grad, y, k_shape, conj):
+        _check_spectrum(grad, "grad")
+        return y.new_empty(k_shape)
+
+    def _pad_like(x, height, width, dtype):
+        torch._check(x.dim() >= 2, lambda: f"x must have at least 2 dims, got {x.dim()}")
+        return x.new_empty((*x.shape[:-2], height, width), dtype=dtype)
+
+    @torch.library.register_fake("deconv_ext::pad")
+    def _pad_fake(x, top, left, height, width, mode):
+        torch._check(mode in _MODES, lambda: f"mode must be one of {_MODES}, got {mode!r}")
+        torch._check(x.dtype.is_floating_point, lambda: f"x must be floating, got {x.dtype}")
+        return _pad_like(x, height, width, _compute(x.dtype))
+
+    @torch.library.register_fake("deconv_ext::pad_backward")
+    def _pad_backward_fake(grad, top, left, height, width, mode):
+        torch._check(mode in _MODES, lambda: f"mode must be one of {_MODES}, got {mode!r}")
+        return _pad_like(grad, height, width, _compute(grad.dtype))
+
+    @torch.library.register_fake("deconv_ext::crop")
+    def _crop_fake(x, top, left, height, width, dtype):
+        torch._check(top >= 0 and left >= 0 and top + height <= x.shape[-2]
+                     and left + width <= x.shape[-1],
+                     lambda: f"crop window ({top}, {left}, {height}, {width}) does not fit in "
+                             f"{tuple(x.shape[-2:])}")
+        return _pad_like(x, height, width, dtype)
+
+    # -----------------------------------------------------------------------
+    # Autograd: every backward is the exact adjoint, expressed with the ops.
+    # -----------------------------------------------------------------------
+
+    def _solve_setup(ctx, inputs, output):
+        y, k, reg, eps, thresh = inputs
+        ctx.save_for_backward(y, k, reg, thresh)
+        ctx.eps = eps
+
+    def _solve_backward(ctx, grad):
+        y, k, reg, thresh = ctx.saved_tensors
+        eps = ctx.eps
+        gy = gk = greg = None
+        if ctx.needs_input_grad[0]:
+            # X = F Y with F = conj(K)/d: the adjoint multiplies by conj(F) = K/d,
+            # i.e. the same solve with the conjugated kernel (same |K|, same mask).
+            gy = ops.spectral_solve(grad, k.conj_physical(), reg, eps, thresh)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gk, gr = ops.spectral_solve_backward(grad, y, k, reg, eps, thresh)
+            if reg is not None and ctx.needs_input_grad[2]:
+                greg = gr
+        return gy, gk, greg, None, None
+
+    torch.library.register_autograd("deconv_ext::spectral_solve", _solve_backward,
+                                    setup_context=_solve_setup)
+
+    def _mul_setup(ctx, inputs, output):
+        y, k, conj = inputs
+        ctx.save_for_backward(y, k)
+        ctx.conj = conj
+
+    def _mul_backward(ctx, grad):
+        y, k = ctx.saved_tensors
+        gy = gk = None
+        if ctx.needs_input_grad[0]:
+            gy = ops.spectral_mul(grad, k, not ctx.conj)
+        if ctx.needs_input_grad[1]:
+            gk = ops.spectral_mul_grad_k(grad, y, list(k.shape), ctx.conj)
+        return gy, gk, None
+
+    torch.library.register_autograd("deconv_ext::spectral_mul", _mul_backward,
+                                    setup_context=_mul_setup)
+
+    def _pad_setup(ctx, inputs, output):
+        x, top, left, height, width, mode = inputs
+        ctx.args = (top, left, x.shape[-2], x.shape[-1], mode)
+        ctx.in_dtype = x.dtype
+
+    def _pad_backward(ctx, grad):
+        g = ops.pad_backward(grad, *ctx.args)
+        return g.to(ctx.in_dtype), None, None, None, None, None
+
+    torch.library.register_autograd("deconv_ext::pad", _pad_backward, setup_context=_pad_setup)
+
+    def _pad_bw_setup(ctx, inputs, output):
+        grad, top, left, height, width, mode = inputs
+        ctx.args = (top, left, grad.shape[-2], grad.shape[-1], mode)
+        ctx.in_dtype = grad.dtype
+
+    def _pad_bw_backward(ctx, gg):
+        # pad_backward is linear; its adjoint is pad itself.
+        return ops.pad(gg, *ctx.args).to(ctx.in_dtype), None, None, None, None, None
+
+    torch.library.register_autograd("deconv_ext::pad_backward", _pad_bw_backward,
+                                    setup_context=_pad_bw_setup)
+
+    def _crop_setup(ctx, inputs, output):
+        x, top, left, height, width, dtype = inputs
+        ctx.args = (top, left, x.shape[-2], x.shape[-1])
+        ctx.in_dtype = x.dtype
+
+    def _crop_backward(ctx, grad):
+        top, left, h, w = ctx.args
+        # Adjoint of a crop: put the gradient back in its window, zeros around.
+        g = ops.pad(grad, top, left, h, w, "zeros")
+        return g.to(ctx.in_dtype), None, None, None, None, None
+
+    torch.library.register_autograd("deconv_ext::crop", _crop_backward, setup_context=_crop_setup)
+
+    # -----------------------------------------------------------------------
+    # CUDA kernels: Triton launchers registered for the same op names.
+    # -----------------------------------------------------------------------
+    def _register_cuda_kernels() -> None:
+        """Register the Triton launchers (same names as the ops) as CUDA kernels."""
+        try:
+            from . import triton_kernels as tk
+        except ImportError:  # Triton missing: CUDA tensors get the dispatcher's error
+            return
+        for name in tk.OP_NAMES:
+            torch.library.register_kernel(f"deconv_ext::{name}", "cuda", getattr(tk, name))
+
+    _register_cuda_kernels()

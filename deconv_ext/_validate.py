@@ -1,0 +1,130 @@
+"""Argument checks shared by the public functions.
+
+Every check raises before any work starts, with a message that names the
+argument, the value received and what was expected.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable, Optional, Sequence, Tuple
+
+import torch
+
+METHODS = ("tikhonov", "pinv")
+BOUNDARIES = ("circular", "reflect", "symmetric", "replicate", "zeros")
+REGS = ("laplacian",)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def choice(name: str, value, valid: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; expected one of {', '.join(map(repr, valid))}")
+    return value
+
+
+def image(x, name: str = "image") -> torch.Tensor:
+    """A real floating tensor with at least 2 dims (..., H, W)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}; expected a real floating dtype "
+                        f"(float16, bfloat16, float32 or float64)")
+    if x.dim() < 2:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected at least 2 dims (..., H, W)")
+    return x
+
+
+def size2(name: str, value) -> Tuple[int, int]:
+    """An (H, W) pair of positive ints."""
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, numbers.Integral) and v > 0 for v in value)):
+        raise ValueError(f"{name}={value!r} is not valid; expected a pair of positive ints (H, W)")
+    return int(value[0]), int(value[1])
+
+
+def pair(name: str, value) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= 1."""
+    v = (value, value) if isinstance(value, numbers.Integral) else value
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or not all(isinstance(a, numbers.Integral) and a >= 1 for a in v)):
+        raise ValueError(f"{name}={value!r} is not valid; expected a positive int or a pair of them")
+    return int(v[0]), int(v[1])
+
+
+def kernel(k, img_shape: Sequence[int], name: str = "psf") -> torch.Tensor:
+    """A real floating kernel (..., kh, kw) that fits in and broadcasts to the image."""
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(k).__name__}")
+    if k.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {k.dtype}; expected a real floating dtype")
+    if k.dim() < 2:
+        raise ValueError(f"{name} has shape {tuple(k.shape)}; expected at least 2 dims (..., kh, kw)")
+    kh, kw = k.shape[-2:]
+    H, W = img_shape[-2:]
+    if kh > H or kw > W:
+        raise ValueError(f"{name} of size {kh}x{kw} is larger than the image ({H}x{W}); "
+                         f"expected kh <= H and kw <= W")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name} has an empty spatial size {kh}x{kw}")
+    lead_k, lead_i = tuple(k.shape[:-2]), tuple(img_shape[:-2])
+    ok = len(lead_k) <= len(lead_i) and all(
+        a == 1 or a == b for a, b in zip(reversed(lead_k), reversed(lead_i)))
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(k.shape)} does not broadcast to the image's "
+                         f"leading dims {lead_i}; expected (kh, kw) or (..., kh, kw) with each "
+                         f"leading dim 1 or equal to the image's")
+    return k
+
+
+def eps(value, size: Tuple[int, int], name: str = "eps"):
+    """A finite scalar >= 0, or a real non-negative tensor broadcastable to (..., H, W)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} tensor has dtype {value.dtype}; expected a real floating dtype")
+        if value.dim() >= 1:
+            tail = tuple(value.shape[-2:]) if value.dim() >= 2 else (1,) + tuple(value.shape)
+            if not all(a in (1, b) for a, b in zip(tail, size)):
+                raise ValueError(f"{name} tensor of shape {tuple(value.shape)} does not broadcast to "
+                                 f"the spectrum (..., {size[0]}, {size[1]})")
+        if not torch.compiler.is_compiling():
+            v = value.detach()
+            if bool(torch.isnan(v).any()) or bool((v < 0).any()) or bool(torch.isinf(v).any()):
+                raise ValueError(f"{name} tensor must be finite and >= 0 everywhere "
+                                 f"(min {float(v.min()) if v.numel() else 'n/a'})")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} is not valid; expected a float >= 0 or a real tensor")
+    v = float(value)
+    if math.isnan(v) or v < 0 or math.isinf(v):
+        raise ValueError(f"{name}={value!r} is not valid; expected a finite float >= 0")
+    return v
+
+
+def rcond(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"rcond={value!r} is not valid; expected None or a float in [0, 1)")
+    v = float(value)
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"rcond={value!r} is not valid; expected None or a float in [0, 1)")
+    return v
+
+
+def same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}; "
+                         f"expected both on the same device")
+
+
+def reg(value, img_shape: Sequence[int]):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return choice("reg", value, REGS)
+    if isinstance(value, torch.Tensor):
+        return kernel(value, tuple(img_shape[-2:]), name="reg")
+    raise TypeError(f"reg={value!r} is not valid; expected None, 'laplacian' or a kernel tensor")

@@ -1,0 +1,255 @@
+"""DeconvPlan: the spectrum of one kernel (or layer) at one image size.
+
+A plan computes the kernel's transfer function, the regulariser and the
+pseudo-inverse threshold once; each call then costs one ``rfft2``, one fused
+per-frequency solve and one ``irfft2``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import _validate as V
+from . import backend, reference, spectral
+
+__all__ = ["DeconvPlan"]
+
+
+class DeconvPlan:
+    """Reusable regularised inverse of one circular convolution.
+
+    Model: ``y = x (*) psf`` (true circular convolution, PSF origin at
+    ``(kh // 2, kw // 2)``) on images of size ``image_size``. Per frequency
+    ``w``, with ``K`` the PSF's transfer function and ``R`` the regulariser's:
+
+    * ``method="tikhonov"``: ``X = conj(K) Y / (|K|^2 + eps |R|^2)``;
+    * ``method="pinv"`` (or ``eps == 0``, the limit): ``X = Y / K`` where
+      ``|K| > rcond * sigma_max``, else 0; also wherever ``eps |R|^2`` is 0.
+
+    Parameters
+    ----------
+    psf : Tensor (kh, kw) or (..., kh, kw)
+        Real kernel; leading dims broadcast to the images' leading dims
+        (per channel ``(C, kh, kw)``, per sample ``(N, C, kh, kw)``).
+    image_size : (H, W)
+    eps : float or Tensor, default 1e-2
+        Regularisation weight >= 0; a real tensor broadcastable to
+        ``(..., H, W)`` in ``fft2`` layout is a per-frequency weight (Wiener
+        noise-to-signal ratio), symmetrised ``(e(w) + e(-w)) / 2``.
+    method : {"tikhonov", "pinv"}
+    reg : None, "laplacian" or Tensor (kh', kw')
+        Regulariser ``R``: identity, the 3x3 discrete Laplacian, or a kernel.
+    rcond : float in [0, 1), optional
+        Pseudo-inverse threshold relative to ``sigma_max`` (largest ``|K|``
+        over the frequencies and channels of one sample). Default
+        ``10 * max(H, W) * finfo(dtype).eps``. Ignored by Tikhonov where
+        ``eps |R|^2 > 0``.
+    dtype : torch.dtype, optional
+        float32 or float64 computation dtype; default: the PSF's (float16 and
+        bfloat16 compute in float32).
+
+    Examples
+    --------
+    >>> plan = DeconvPlan(psf, (256, 256), eps=1e-3)
+    >>> x = plan(y)            # y: (..., 256, 256)
+    >>> y2 = plan.blur(x)      # the forward model
+    >>> z = plan.adjoint(y)    # its adjoint
+    """
+
+    def __init__(self, psf: torch.Tensor, image_size, eps: Union[float, torch.Tensor] = 1e-2,
+                 method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
+                 rcond: Optional[float] = None, dtype: Optional[torch.dtype] = None):
+        size = V.size2("image_size", image_size)
+        V.kernel(psf, tuple(psf.shape[:-2]) + size, name="psf")
+        V.choice("method", method, V.METHODS)
+        reg = V.reg(reg, size)
+        eps = V.eps(eps, size)
+        rcond = V.rcond(rcond)
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype={dtype} is not valid; expected torch.float32 or torch.float64")
+        if isinstance(reg, torch.Tensor):
+            V.same_device("reg", reg, "psf", psf)
+        if isinstance(eps, torch.Tensor):
+            V.same_device("eps", eps, "psf", psf)
+        self.image_size: Tuple[int, int] = size
+        self.dtype: torch.dtype = dtype or spectral.compute_dtype(psf.dtype)
+        self.method = method
+        self.rcond = rcond
+        self.bias: Optional[torch.Tensor] = None
+        # Kept to rebuild the plan (.to, pickling) and for the reference backend.
+        self.psf = psf.to(self.dtype)
+        self.reg = reg.to(self.dtype) if isinstance(reg, torch.Tensor) else reg
+        self.eps = eps.to(self.dtype) if isinstance(eps, torch.Tensor) else eps
+        self._build()
+
+    # -- construction -------------------------------------------------------
+    def _build(self) -> None:
+        size, dtype, device = self.image_size, self.dtype, self.psf.device
+        self.spectrum = spectral.psf_spectrum(self.psf, size)
+        rcond = spectral.default_rcond(size, dtype) if self.rcond is None else self.rcond
+        # The threshold is a choice of which frequencies to keep, not a
+        # differentiable quantity.
+        self.thresh = spectral.pinv_threshold(self.spectrum.detach(), rcond).to(dtype)
+        power = spectral.reg_power(self.reg, size, dtype, device)
+        # The fused op takes X = conj(K) Y / (|K|^2 + eps_op * reg_op).
+        if self.method == "pinv":
+            self._reg_op, self._eps_op = None, 0.0
+        elif isinstance(self.eps, torch.Tensor):
+            e = spectral.symmetrised_eps(self.eps, size)
+            self._reg_op = e if power is None else e * power
+            self._eps_op = 1.0
+        else:
+            self._reg_op, self._eps_op = power, float(self.eps)
+
+    @classmethod
+    def for_conv2d(cls, weight: torch.Tensor, image_size, groups: int = 1, dilation=1,
+                   bias: Optional[torch.Tensor] = None, eps: float = 0.0,
+                   rcond: Optional[float] = None) -> "DeconvPlan":
+        """Plan that inverts ``F.conv2d`` with circular "same" padding.
+
+        Forward model: ``output = F.conv2d(F.pad(input, pads, mode="circular"),
+        weight, bias, dilation=dilation, groups=groups)`` with the padding of
+        ``padding="same"``.
+
+        Parameters
+        ----------
+        weight : Tensor (C_out, C_in / groups, kh, kw)
+            Depthwise layers (``groups == C_in == C_out``) are supported.
+        image_size : (H, W)
+        groups, dilation : as in ``F.conv2d`` (stride 1)
+        bias : Tensor (C_out,), optional
+        eps : float >= 0; 0 gives the pseudo-inverse.
+        rcond : float in [0, 1), optional
+
+        Returns
+        -------
+        DeconvPlan mapping an output (N, C_out, H, W) to an input (N, C_in, H, W).
+        """
+        size = V.size2("image_size", image_size)
+        dil = V.pair("dilation", dilation)
+        psf = _depthwise_psf(weight, groups, dil, size)
+        plan = cls(psf, size, eps=eps, method="tikhonov", reg=None, rcond=rcond)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
+                raise ValueError(f"bias must be a tensor of shape ({weight.shape[0]},), got "
+                                 f"{getattr(bias, 'shape', bias)}")
+            V.same_device("bias", bias, "weight", weight)
+            plan.bias = bias.to(plan.dtype)
+        return plan
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "DeconvPlan":
+        """A copy of the plan on another device and/or computation dtype."""
+        new = object.__new__(DeconvPlan)
+        new.__dict__.update(self.__dict__)
+        new.dtype = dtype or self.dtype
+        def conv(t):
+            return t.to(device=device, dtype=new.dtype)
+
+        new.psf = conv(self.psf)
+        new.reg = conv(self.reg) if isinstance(self.reg, torch.Tensor) else self.reg
+        new.eps = conv(self.eps) if isinstance(self.eps, torch.Tensor) else self.eps
+        new.bias = conv(self.bias) if self.bias is not None else None
+        new._build()
+        return new
+
+    def __getstate__(self):
+        # Spectra are derived: store the definition, rebuild on load.
+        return {k: self.__dict__[k] for k in
+                ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._build()
+
+    def __repr__(self) -> str:
+        return (f"DeconvPlan(psf={tuple(self.psf.shape)}, image_size={self.image_size}, "
+                f"method={self.method!r}, eps={self.eps if not isinstance(self.eps, torch.Tensor) else 'tensor'}, "
+                f"reg={self.reg if not isinstance(self.reg, torch.Tensor) else 'tensor'}, "
+                f"dtype={self.dtype}, device={self.psf.device})")
+
+    # -- application --------------------------------------------------------
+    def _check(self, image: torch.Tensor, name: str) -> torch.Tensor:
+        V.image(image, name)
+        if tuple(image.shape[-2:]) != self.image_size:
+            raise ValueError(f"{name} has spatial size {tuple(image.shape[-2:])}; this plan was made "
+                             f"for {self.image_size}")
+        V.same_device(name, image, "the plan", self.psf)
+        if spectral.compute_dtype(image.dtype) != self.dtype:
+            raise TypeError(f"{name} has dtype {image.dtype} but the plan computes in {self.dtype}; "
+                            f"use plan.to(dtype={spectral.compute_dtype(image.dtype)})")
+        V.kernel(self.psf, image.shape, name="the plan's psf")
+        return image
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Solve for ``x`` given the blurred ``image`` (..., H, W); same shape and dtype."""
+        self._check(image, "image")
+        if image.numel() == 0:
+            return torch.empty_like(image)
+        if backend.selected() == "torch":
+            return self._reference_solve(image)
+        y = image
+        if self.bias is not None:
+            y = y.to(self.dtype) - self.bias[:, None, None]
+        ops = backend.kernels(image.device)
+        Y = torch.fft.rfft2(y.to(self.dtype))
+        X = ops.spectral_solve(Y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
+        return torch.fft.irfft2(X, s=self.image_size).to(image.dtype)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""
+        return self._apply(x, conj=False, add_bias=True)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """The adjoint of the (linear part of the) forward model, (..., H, W)."""
+        return self._apply(y, conj=True, add_bias=False)
+
+    def _apply(self, x: torch.Tensor, conj: bool, add_bias: bool) -> torch.Tensor:
+        self._check(x, "x" if not conj else "y")
+        if x.numel() == 0:
+            return torch.empty_like(x)
+        xc = x.to(self.dtype)
+        if backend.selected() == "torch":
+            K = reference.psf_transfer(self.psf, self.image_size)
+            out = torch.fft.ifft2((K.conj() if conj else K) * torch.fft.fft2(xc)).real
+        else:
+            ops = backend.kernels(x.device)
+            X = torch.fft.rfft2(xc)
+            out = torch.fft.irfft2(ops.spectral_mul(X, self.spectrum, conj), s=self.image_size)
+        if add_bias and self.bias is not None:
+            out = out + self.bias[:, None, None]
+        return out.to(x.dtype)
+
+    def _reference_solve(self, image: torch.Tensor) -> torch.Tensor:
+        y = image.to(self.dtype)
+        if self.bias is not None:
+            y = y - self.bias[:, None, None]
+        x = reference.deconvolve(y, self.psf, eps=self.eps, method=self.method, reg=self.reg,
+                                 rcond=self.rcond)
+        return x.to(image.dtype)
+
+
+def _depthwise_psf(weight: torch.Tensor, groups: int, dilation: Tuple[int, int],
+                   size: Tuple[int, int]) -> torch.Tensor:
+    """Check a depthwise conv weight and return its image-convention PSF (C, Dh, Dw)."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected 4 dims "
+                         f"(C_out, C_in / groups, kh, kw)")
+    if weight.dtype not in V.FLOAT_DTYPES:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected a real floating dtype")
+    c_out, c_in_g = weight.shape[:2]
+    if not isinstance(groups, int) or groups < 1 or c_out % groups:
+        raise ValueError(f"groups={groups!r} is not valid for weight of shape {tuple(weight.shape)}; "
+                         f"expected a positive int dividing C_out={c_out}")
+    if not (groups == c_out and c_in_g == 1):
+        raise NotImplementedError(
+            f"conv2d_pinv of a weight of shape {tuple(weight.shape)} with groups={groups}: only "
+            f"depthwise layers (groups == C_in == C_out, weight (C, 1, kh, kw)) are supported "
+            f"by this plan type")
+    psf = spectral.conv2d_kernel_as_psf(weight[:, 0], dilation)
+    if psf.shape[-2] > size[0] or psf.shape[-1] > size[1]:
+        raise ValueError(f"the dilated kernel ({psf.shape[-2]}x{psf.shape[-1]}) is larger than "
+                         f"input_size {size}")
+    return psf

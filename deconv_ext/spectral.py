@@ -1,0 +1,171 @@
+"""Transfer functions, regularisers and FFT sizes for the fast paths.
+
+All spectra here are half spectra (``rfft2`` layout, last dim ``W // 2 + 1``):
+the images are real, so half of the full spectrum is redundant.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "compute_dtype",
+    "default_rcond",
+    "half_width",
+    "psf_spectrum",
+    "conv2d_kernel_as_psf",
+    "laplacian_power",
+    "reg_power",
+    "symmetrised_eps",
+    "pinv_threshold",
+    "next_fast_size",
+]
+
+LAPLACIAN = ((0.0, -1.0, 0.0), (-1.0, 4.0, -1.0), (0.0, -1.0, 0.0))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are computed in float32 (no half FFT on CPU, bf16 nowhere)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def default_rcond(size: Sequence[int], dtype: torch.dtype) -> float:
+    """``10 * max(H, W) * finfo(dtype).eps``.
+
+    Relative to sigma_max, like ``torch.linalg.pinv``'s ``rtol``; torch's own
+    dense default ``max(m, n) * eps`` would be ~0.03 at 512^2 in float32 and
+    zero out real signal.
+    """
+    return 10.0 * max(size) * torch.finfo(compute_dtype(dtype)).eps
+
+
+def half_width(w: int) -> int:
+    """Last dim of an ``rfft2`` spectrum of width ``w``."""
+    return w // 2 + 1
+
+
+def psf_spectrum(psf: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Half-spectrum transfer function of a PSF in the image convention.
+
+    Parameters
+    ----------
+    psf : Tensor (..., kh, kw), real, kh <= H and kw <= W
+    size : (H, W)
+
+    Returns
+    -------
+    Tensor (..., H, W // 2 + 1), complex: ``rfft2`` of the PSF zero-padded to
+    (H, W) and rolled so that its origin ``(kh // 2, kw // 2)`` sits at (0, 0).
+    Without the roll the result is shifted by the PSF's half-size (the seed
+    article's bug).
+    """
+    H, W = size
+    kh, kw = psf.shape[-2:]
+    padded = F.pad(psf, (0, W - kw, 0, H - kh))
+    rolled = torch.roll(padded, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
+    return torch.fft.rfft2(rolled)
+
+
+def conv2d_kernel_as_psf(weight: torch.Tensor, dilation: Tuple[int, int]) -> torch.Tensor:
+    """The image-convention PSF equivalent to an ``F.conv2d`` kernel.
+
+    ``F.conv2d`` with circular "same" padding (left ``(D - 1) // 2`` of the
+    dilated size ``D``) is a cross-correlation; it equals the true convolution
+    with the flipped dilated kernel whose origin is ``D // 2`` -- exactly the
+    PSF origin of the image convention, for odd and even ``D``.
+
+    Parameters
+    ----------
+    weight : Tensor (..., kh, kw)
+    dilation : (dh, dw)
+
+    Returns
+    -------
+    Tensor (..., dh (kh - 1) + 1, dw (kw - 1) + 1)
+    """
+    dh, dw = dilation
+    kh, kw = weight.shape[-2:]
+    if (dh, dw) != (1, 1):
+        dilated = weight.new_zeros(*weight.shape[:-2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        dilated[..., ::dh, ::dw] = weight
+        weight = dilated
+    return torch.flip(weight, dims=(-2, -1))
+
+
+def laplacian_power(size: Tuple[int, int], dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``|R(w)|^2`` of the 3x3 discrete Laplacian, half spectrum (H, W // 2 + 1).
+
+    Closed form ``(4 - 2 cos(2 pi u / H) - 2 cos(2 pi v / W))^2``: real and
+    exactly zero at DC only.
+    """
+    H, W = size
+    u = torch.arange(H, dtype=torch.float64, device=device)
+    v = torch.arange(half_width(W), dtype=torch.float64, device=device)
+    lap = 4 - 2 * torch.cos(2 * math.pi * u / H)[:, None] - 2 * torch.cos(2 * math.pi * v / W)[None, :]
+    return (lap * lap).to(dtype)
+
+
+def reg_power(reg: Union[None, str, torch.Tensor], size: Tuple[int, int], dtype: torch.dtype,
+              device=None) -> Optional[torch.Tensor]:
+    """``|R(w)|^2`` for ``reg``: None -> None (identity), "laplacian", or a kernel tensor."""
+    if reg is None:
+        return None
+    if isinstance(reg, str):
+        return laplacian_power(size, dtype, device)
+    return psf_spectrum(reg.to(dtype=dtype, device=device), size).abs().square()
+
+
+def symmetrised_eps(eps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Per-frequency eps in full ``fft2`` layout -> symmetrised half spectrum.
+
+    ``(e(w) + e(-w)) / 2`` makes the filter Hermitian, so the result is real
+    and the half spectrum is enough.
+
+    Parameters
+    ----------
+    eps : Tensor broadcastable to (..., H, W)
+
+    Returns
+    -------
+    Tensor (..., H, W // 2 + 1)
+    """
+    H, W = size
+    full = eps.expand(*eps.shape[:-2], H, W) if eps.dim() >= 2 else eps.expand(H, W)
+    # e(-w) on the fft grid: index (-u mod H, -v mod W) = flip, then roll by one.
+    neg = torch.roll(torch.flip(full, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    return (0.5 * (full + neg))[..., : half_width(W)]
+
+
+def pinv_threshold(K: torch.Tensor, rcond: float) -> torch.Tensor:
+    """``(rcond * sigma_max)^2``, the threshold on ``|K|^2``, one per sample.
+
+    ``sigma_max`` is the largest ``|K|`` over the frequencies and channels of
+    one sample's operator, dims (-3, -2, -1) of the spectrum: what
+    ``torch.linalg.pinv(A, rtol=rcond)`` uses for the dense matrix ``A``. The
+    half spectrum holds the maximum (``|K(-w)| = |K(w)|``).
+
+    Returns
+    -------
+    Tensor (..., 1, 1, 1) (or (1, 1) for a 2D spectrum), real.
+    """
+    dims = tuple(range(-min(K.dim(), 3), 0))
+    smax = K.abs().amax(dim=dims, keepdim=True)
+    return (rcond * smax).square()
+
+
+@lru_cache(maxsize=4096)
+def next_fast_size(n: int) -> int:
+    """Smallest m >= n whose prime factors are all in {2, 3, 5, 7}."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
