@@ -4,6 +4,7 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include "channel_mix.h"
 #include "pad_crop.h"
 #include "spectral.h"
 
@@ -16,6 +17,8 @@ TORCH_LIBRARY(deconv_ext, m) {
   m.def("pad(Tensor x, int top, int left, int height, int width, str mode) -> Tensor");
   m.def("pad_backward(Tensor grad, int top, int left, int height, int width, str mode) -> Tensor");
   m.def("crop(Tensor x, int top, int left, int height, int width, ScalarType dtype) -> Tensor");
+  m.def("channel_mix(Tensor y, Tensor g, bool adjoint) -> Tensor");
+  m.def("channel_mix_outer(Tensor a, Tensor c, int groups) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
@@ -26,6 +29,8 @@ TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
   m.impl("pad", &deconv_ext::pad);
   m.impl("pad_backward", &deconv_ext::pad_backward);
   m.impl("crop", &deconv_ext::crop);
+  m.impl("channel_mix", &deconv_ext::channel_mix);
+  m.impl("channel_mix_outer", &deconv_ext::channel_mix_outer);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -46,4 +51,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
   m.def("crop", &deconv_ext::crop, "fused crop + cast", py::arg("x"), py::arg("top"),
         py::arg("left"), py::arg("height"), py::arg("width"), py::arg("dtype"));
+  m.def("channel_mix", &deconv_ext::channel_mix,
+        "per-frequency channel mixing G(w) Y(w) (or G(w)^H Y(w))", py::arg("y"), py::arg("g"),
+        py::arg("adjoint"));
+  m.def("channel_mix_outer", &deconv_ext::channel_mix_outer,
+        "sum over the batch of a(w) c(w)^H per group and frequency", py::arg("a"), py::arg("c"),
+        py::arg("groups"));
 }

@@ -3,8 +3,11 @@
 Public names only; see DESIGN.md section 3 and each function's docstring.
 """
 from . import _ops  # noqa: F401  (registers fake kernels, autograd, CUDA kernels)
-from .functional import conv2d_pinv, convolve, deconvolve
+from .functional import (conv2d_cond, conv2d_opnorm, conv2d_pinv, conv2d_svdvals, convolve,
+                         deconvolve)
+from .nn import ConvPinv2d
 from .plan import DeconvPlan
 
-__all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan"]
+__all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan", "conv2d_svdvals",
+           "conv2d_opnorm", "conv2d_cond", "ConvPinv2d"]
 __version__ = "0.1.0"

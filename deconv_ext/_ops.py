@@ -235,3 +235,64 @@ if available():
             torch.library.register_kernel(f"deconv_ext::{name}", "cuda", getattr(tk, name))
 
     _register_cuda_kernels()
+
+
+# ---------------------------------------------------------------------------
+# channel_mix / channel_mix_outer (multi-channel layers, csrc/channel_mix.cpp)
+# ---------------------------------------------------------------------------
+if available():
+
+    def _check_mix(y, g, adjoint):
+        _check_spectrum(y, "y")
+        _check_spectrum(g, "g")
+        torch._check(g.dtype == y.dtype, lambda: f"g dtype {g.dtype} differs from y dtype {y.dtype}")
+        torch._check(y.dim() >= 3, lambda: f"y must be (..., C, H, Wf), got shape {tuple(y.shape)}")
+        torch._check(g.dim() == 5, lambda: f"g must be (groups, M, N, H, Wf), got shape {tuple(g.shape)}")
+        torch._check(g.shape[3] == y.shape[-2] and g.shape[4] == y.shape[-1],
+                     lambda: f"g of shape {tuple(g.shape)} does not match the spectrum size "
+                             f"{tuple(y.shape[-2:])} of y")
+        cin = g.shape[0] * (g.shape[1] if adjoint else g.shape[2])
+        torch._check(y.shape[-3] == cin,
+                     lambda: f"y has {y.shape[-3]} channels; g of shape {tuple(g.shape)} expects {cin}")
+
+    @torch.library.register_fake("deconv_ext::channel_mix")
+    def _channel_mix_fake(y, g, adjoint):
+        _check_mix(y, g, adjoint)
+        cout = g.shape[0] * (g.shape[2] if adjoint else g.shape[1])
+        return y.new_empty((*y.shape[:-3], cout, y.shape[-2], y.shape[-1]))
+
+    @torch.library.register_fake("deconv_ext::channel_mix_outer")
+    def _channel_mix_outer_fake(a, c, groups):
+        _check_spectrum(a, "a")
+        _check_spectrum(c, "c")
+        torch._check(a.dtype == c.dtype, lambda: f"a dtype {a.dtype} differs from c dtype {c.dtype}")
+        torch._check(a.dim() >= 3 and a.dim() == c.dim(),
+                     lambda: f"a and c must be (..., C, H, Wf), got {tuple(a.shape)} and {tuple(c.shape)}")
+        torch._check(groups >= 1, lambda: f"groups must be >= 1, got {groups}")
+        torch._check(a.shape[-3] % groups == 0 and c.shape[-3] % groups == 0,
+                     lambda: f"channel counts {a.shape[-3]} and {c.shape[-3]} are not divisible by "
+                             f"groups={groups}")
+        return a.new_empty((groups, a.shape[-3] // groups, c.shape[-3] // groups,
+                            a.shape[-2], a.shape[-1]))
+
+    def _mix_setup(ctx, inputs, output):
+        y, g, adjoint = inputs
+        ctx.save_for_backward(y, g)
+        ctx.adjoint = adjoint
+
+    def _mix_backward(ctx, grad):
+        # out = A y with A = G (or G^H) per frequency: grad_y = A^H grad, i.e.
+        # the same op with the adjoint flag flipped; grad_A = grad y^H, so
+        # grad_G = grad y^H, or (y grad^H) for the adjoint (grad_G = grad_A^H).
+        y, g = ctx.saved_tensors
+        gy = gg = None
+        if ctx.needs_input_grad[0]:
+            gy = ops.channel_mix(grad, g, not ctx.adjoint)
+        if ctx.needs_input_grad[1]:
+            groups = g.shape[0]
+            gg = (ops.channel_mix_outer(y, grad, groups) if ctx.adjoint
+                  else ops.channel_mix_outer(grad, y, groups))
+        return gy, gg, None
+
+    torch.library.register_autograd("deconv_ext::channel_mix", _mix_backward,
+                                    setup_context=_mix_setup)

@@ -6,10 +6,11 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
-from . import backend, reference
+from . import backend, multichannel, reference
 from .plan import DeconvPlan
 
-__all__ = ["deconvolve", "convolve", "conv2d_pinv"]
+__all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_opnorm",
+           "conv2d_cond"]
 
 
 def _check_boundary(boundary: str) -> str:
@@ -129,7 +130,8 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ----------
     output : Tensor (N, C_out, H, W) or (C_out, H, W)
     weight : Tensor (C_out, C_in / groups, kh, kw)
-        Depthwise layers (``groups == C_in == C_out``).
+        Any layer: ``C_out`` and ``C_in`` in any ratio, ``groups`` dividing
+        ``C_out``, any dilation; the dilated kernel must fit in (H, W).
     bias : Tensor (C_out,), optional
     groups : int
     dilation : int or (int, int)
@@ -138,10 +140,25 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     eps : float >= 0
         0 gives the Moore-Penrose pseudo-inverse; > 0 Tikhonov.
     rcond : float in [0, 1), optional
+        Singular values at or below ``rcond * sigma_max`` (largest singular
+        value of the whole operator) are dropped; default
+        ``10 * max(H, W) * finfo(dtype).eps``. Ignored if ``eps > 0``.
 
     Returns
     -------
     Tensor (N, C_in, H, W) (or (C_in, H, W)), ``output``'s dtype.
+
+    Notes
+    -----
+    Per frequency ``w`` (half spectrum) the layer is a ``C_out x C_in`` matrix
+    ``K(w)`` (block-diagonal over the groups). ``eps == 0`` applies its
+    pseudo-inverse ``K(w)^+`` with one global threshold: the result equals
+    ``torch.linalg.pinv(A, rtol=rcond) @ (y - b)`` for the dense operator
+    ``A`` -- the minimum-norm solution when ``C_out < C_in``, the least-squares
+    one when ``C_out > C_in``. ``eps > 0`` applies
+    ``(K^H K + eps I)^-1 K^H`` (on the smaller side), the minimiser of
+    ``||conv(x) - y||^2 + eps ||x||^2``. Depthwise layers are solved
+    element-wise; other layers by :class:`deconv_ext.multichannel.MultiChannelPlan`
     """
     V.image(output, "output")
     if output.dim() not in (3, 4):
@@ -155,6 +172,8 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         raise ValueError(f"output has {output.shape[-3]} channels but weight has C_out="
                          f"{weight.shape[0]}; expected them equal")
     V.same_device("weight", weight, "output", output)
+    multichannel.check_conv_weight(weight, groups, V.pair("dilation", dilation),
+                                   tuple(output.shape[-2:]))
     if padding != "same":
         raise ValueError(f"padding={padding!r} is not valid; expected 'same'")
     V.choice("padding_mode", padding_mode, ("circular",))
@@ -169,3 +188,68 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     plan = DeconvPlan.for_conv2d(weight.to(dtype), tuple(output.shape[-2:]), groups=groups,
                                  dilation=dilation, bias=bias, eps=eps, rcond=rcond)
     return plan(output)
+
+
+def _layer_args(weight, input_size, groups, dilation):
+    size = V.size2("input_size", input_size)
+    dil = V.pair("dilation", dilation)
+    multichannel.check_conv_weight(weight, groups, dil, size)
+    return weight.to(reference.compute_dtype(weight.dtype)), size, int(groups), dil
+
+
+def conv2d_svdvals(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:
+    """Every singular value of a stride-1 circular "same" conv layer.
+
+    Parameters
+    ----------
+    weight : Tensor (C_out, C_in / groups, kh, kw)
+    input_size : (H, W)
+    groups : int, dividing C_out
+    dilation : int or (int, int)
+
+    Returns
+    -------
+    Tensor (H * W * groups * min(C_out/groups, C_in/groups),), real, sorted
+    descending: exactly ``torch.linalg.svdvals(A)`` of the dense
+    ``(C_out H W) x (C_in H W)`` operator ``A`` (float16/bfloat16 weights are
+    computed in float32).
+
+    Notes
+    -----
+    ``A`` is block-diagonalised by the 2D DFT: its singular values are those
+    of the ``C_out x C_in`` matrices ``K(w)`` over all ``H W`` frequencies
+    (block-diagonal over the groups) [1]_. They are computed on the ``rfft2``
+    half spectrum; a column ``w`` other than 0 (and ``W/2`` for even ``W``)
+    also stands for its mirror ``-w`` (``K(-w) = conj(K(w))``) and is counted
+    twice. Differentiable w.r.t. ``weight`` (where the values are distinct).
+
+    References
+    ----------
+    .. [1] H. Sedghi, V. Gupta, P. M. Long, "The Singular Values of
+       Convolutional Layers", ICLR 2019.
+    """
+    w, size, groups, dil = _layer_args(weight, input_size, groups, dilation)
+    if backend.selected() == "torch":
+        return reference.conv2d_svdvals(w, size, groups, dil)
+    return multichannel.svdvals(w, size, groups, dil)
+
+
+def conv2d_opnorm(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:
+    """Operator 2-norm (largest singular value, Lipschitz constant) of a conv layer.
+
+    Same model and arguments as :func:`conv2d_svdvals`; returns a 0-dim
+    tensor, computed block by block without storing every ``K(w)``.
+    """
+    w, size, groups, dil = _layer_args(weight, input_size, groups, dilation)
+    return multichannel.opnorm(w, size, groups, dil)
+
+
+def conv2d_cond(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:
+    """2-norm condition number ``sigma_max / sigma_min`` of a conv layer.
+
+    Over the ``H W groups min(C_out/groups, C_in/groups)`` singular values of
+    :func:`conv2d_svdvals` (as ``torch.linalg.cond`` of the dense operator);
+    ``inf`` when ``sigma_min == 0``. Returns a 0-dim tensor.
+    """
+    s = conv2d_svdvals(weight, input_size, groups, dilation)
+    return s[0] / s[-1] if bool(s[-1] > 0) else torch.full_like(s[0], float("inf"))

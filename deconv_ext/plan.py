@@ -115,7 +115,10 @@ class DeconvPlan:
         Parameters
         ----------
         weight : Tensor (C_out, C_in / groups, kh, kw)
-            Depthwise layers (``groups == C_in == C_out``) are supported.
+            Any layer. Depthwise layers (``groups == C_in == C_out``) get an
+            element-wise plan; every other layer a
+            :class:`deconv_ext.multichannel.MultiChannelPlan` (one
+            ``C_in/groups x C_out/groups`` matrix per frequency and group).
         image_size : (H, W)
         groups, dilation : as in ``F.conv2d`` (stride 1)
         bias : Tensor (C_out,), optional
@@ -128,6 +131,12 @@ class DeconvPlan:
         """
         size = V.size2("image_size", image_size)
         dil = V.pair("dilation", dilation)
+        from .multichannel import MultiChannelPlan, check_conv_weight  # imports this module
+
+        check_conv_weight(weight, groups, dil, size)
+        if not (groups == weight.shape[0] and weight.shape[1] == 1):
+            return MultiChannelPlan(weight, size, groups=groups, dilation=dil, bias=bias, eps=eps,
+                                    rcond=rcond)
         psf = _depthwise_psf(weight, groups, dil, size)
         plan = cls(psf, size, eps=eps, method="tikhonov", reg=None, rcond=rcond)
         if bias is not None:
