@@ -7,6 +7,7 @@ from .functional import (conv2d_cond, conv2d_opnorm, conv2d_pinv, conv2d_svdvals
                          deconvolve)
 from .nn import ConvPinv2d
 from .plan import DeconvPlan
+from .psf import box, disk, gaussian, motion  # noqa: F401  (PSF constructors)
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan", "conv2d_svdvals",
            "conv2d_opnorm", "conv2d_cond", "ConvPinv2d"]

@@ -1,0 +1,258 @@
+"""Point-spread-function constructors: gaussian, box, motion, disk.
+
+Every PSF returned here is a real 2D tensor ``(kh, kw)`` that sums to 1 (a
+blur conserves the image's total intensity) and follows the library's image
+convention: its origin is the pixel ``(kh // 2, kw // 2)``, which for the odd
+sizes chosen by default is the centre. Pass one to
+:func:`deconv_ext.deconvolve` / :func:`deconv_ext.convolve`.
+
+:func:`parse_spec` turns the command line's ``--psf`` strings
+(``gaussian:SIGMA[,SIZE]``, ``box:SIZE``, ``motion:LENGTH,ANGLE``,
+``disk:RADIUS`` or a file) into one of these tensors.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["gaussian", "box", "motion", "disk", "parse_spec", "PSFSpecError", "SPEC_HELP"]
+
+SPEC_HELP = ("gaussian:SIGMA[,SIZE], box:SIZE, motion:LENGTH,ANGLE, disk:RADIUS, "
+             "or a PSF file (.npy or an image)")
+
+
+class PSFSpecError(ValueError):
+    """A ``--psf`` string or PSF file that cannot be turned into a PSF."""
+
+
+def _positive(name: str, value: float) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}={value!r} is not valid; expected a finite number > 0")
+    return v
+
+
+def _size(name: str, size: Optional[int], default: int) -> int:
+    if size is None:
+        return default
+    if isinstance(size, bool) or int(size) != size or size < 1:
+        raise ValueError(f"{name}={size!r} is not valid; expected a positive int")
+    return int(size)
+
+
+def _normalised(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian(sigma: float, size: Optional[int] = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Isotropic Gaussian PSF, sampled at pixel centres.
+
+    Parameters
+    ----------
+    sigma : float > 0
+        Standard deviation in pixels.
+    size : int, optional
+        Side of the square kernel; default ``2 * ceil(3 * sigma) + 1`` (odd,
+        covers +-3 sigma, where the Gaussian has fallen below 1.2 % of its peak).
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    Tensor (size, size), sums to 1, peak at ``(size // 2, size // 2)``.
+    """
+    sigma = _positive("sigma", sigma)
+    n = _size("size", size, 2 * math.ceil(3 * sigma) + 1)
+    r = torch.arange(n, dtype=torch.float64) - n // 2
+    g = torch.exp(-0.5 * (r / sigma) ** 2)
+    return _normalised(g[:, None] * g[None, :], dtype)
+
+
+def box(size: Union[int, tuple], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform (moving-average) PSF.
+
+    Parameters
+    ----------
+    size : int or (int, int)
+        Kernel side(s) in pixels. Even sides put the origin ``(kh // 2, kw // 2)``
+        half a pixel after the centre, so the restored image would be shifted
+        by half a pixel relative to a centred model; prefer odd sizes.
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    Tensor (kh, kw), every entry ``1 / (kh * kw)``.
+    """
+    kh, kw = (size, size) if not isinstance(size, (tuple, list)) else size
+    kh, kw = _size("size", kh, 1), _size("size", kw, 1)
+    return torch.full((kh, kw), 1.0 / (kh * kw), dtype=dtype)
+
+
+def motion(length: float, angle: float = 0.0, size: Optional[int] = None,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Linear motion blur: a line segment of ``length`` pixels through the origin.
+
+    The segment is centred on the origin and drawn with sub-pixel accuracy:
+    points spaced 1/8 pixel along it are spread over their four nearest pixels
+    (bilinear weights), so any length and angle give a smooth kernel.
+
+    Parameters
+    ----------
+    length : float > 0
+        Extent of the motion in pixels (1 gives the identity).
+    angle : float
+        Direction in degrees, counter-clockwise from the +x (column) axis as
+        seen on screen (rows grow downwards, so +90 points up).
+    size : int, optional
+        Side of the square kernel; default the smallest odd side that holds
+        the segment.
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    Tensor (size, size), sums to 1.
+    """
+    length = _positive("length", length)
+    if not math.isfinite(float(angle)):
+        raise ValueError(f"angle={angle!r} is not valid; expected a finite number of degrees")
+    half = (length - 1) / 2
+    n = _size("size", size, 2 * math.ceil(half) + 3)
+    c = n // 2
+    theta = math.radians(float(angle))
+    # Sample the segment densely; the extent (length - 1) makes length=1 a
+    # single point (the identity) and length=L cover L pixel centres.
+    steps = max(2, int(math.ceil((length - 1) * 8)) + 1)
+    t = torch.linspace(-half, half, steps, dtype=torch.float64)
+    x = c + t * math.cos(theta)
+    y = c - t * math.sin(theta)
+    k = torch.zeros(n, n, dtype=torch.float64)
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yi, xi = (y0 + dy).long(), (x0 + dx).long()
+            ok = (yi >= 0) & (yi < n) & (xi >= 0) & (xi < n)
+            k.index_put_((yi[ok], xi[ok]), (wy * wx)[ok], accumulate=True)
+    if k.sum() <= 0:
+        raise ValueError(f"size={n} is too small for a motion of length {length}")
+    return _normalised(k, dtype)
+
+
+def disk(radius: float, size: Optional[int] = None,
+         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform disk ("pillbox") PSF: out-of-focus blur of a circular aperture.
+
+    Each pixel's weight is the fraction of its area inside the circle,
+    estimated on an 8x8 grid of sub-pixel samples, so small radii stay round.
+
+    Parameters
+    ----------
+    radius : float > 0
+        Radius in pixels.
+    size : int, optional
+        Side of the square kernel; default ``2 * ceil(radius) + 1``.
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    Tensor (size, size), sums to 1, centred on ``(size // 2, size // 2)``.
+    """
+    radius = _positive("radius", radius)
+    n = _size("size", size, 2 * math.ceil(radius) + 1)
+    sub = 8
+    offs = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub - 0.5
+    r = torch.arange(n, dtype=torch.float64) - n // 2
+    yy = (r[:, None] + offs[None, :]).reshape(-1)
+    inside = (yy[:, None] ** 2 + yy[None, :] ** 2) <= radius ** 2
+    k = inside.to(torch.float64).reshape(n, sub, n, sub).mean(dim=(1, 3))
+    return _normalised(k, dtype)
+
+
+_CONSTRUCTORS = {
+    "gaussian": (gaussian, (1, 2), "gaussian:SIGMA[,SIZE]"),
+    "box": (box, (1, 1), "box:SIZE"),
+    "motion": (motion, (1, 2), "motion:LENGTH,ANGLE"),
+    "disk": (disk, (1, 1), "disk:RADIUS"),
+}
+
+
+def _number(text: str, spec: str, integer: bool = False):
+    try:
+        v = float(text)
+    except ValueError:
+        raise PSFSpecError(f"--psf {spec!r}: {text!r} is not a number") from None
+    if integer:
+        if v != int(v):
+            raise PSFSpecError(f"--psf {spec!r}: {text!r} must be a whole number of pixels")
+        return int(v)
+    return v
+
+
+def _from_file(path: str, dtype: torch.dtype) -> torch.Tensor:
+    # Local import: psf.py stays usable without the image readers' optional
+    # dependencies as long as no file is given.
+    from .image_io import ImageError, read_image
+
+    try:
+        arr = read_image(path)
+    except ImageError as exc:
+        raise PSFSpecError(f"--psf {path!r}: {exc}") from None
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 3:
+        # A colour picture of a PSF: its brightness is the PSF.
+        arr = arr[..., :3].mean(axis=-1)
+    if arr.ndim != 2:
+        raise PSFSpecError(f"--psf {path!r}: expected a 2D kernel, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or arr.min() < 0:
+        raise PSFSpecError(f"--psf {path!r}: a PSF must be finite and non-negative")
+    total = arr.sum()
+    if total <= 0:
+        raise PSFSpecError(f"--psf {path!r}: the PSF sums to {total:g}; expected > 0")
+    return torch.from_numpy(arr / total).to(dtype)
+
+
+def parse_spec(spec: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Turn a ``--psf`` string into a PSF tensor normalised to sum 1.
+
+    Parameters
+    ----------
+    spec : str
+        ``gaussian:SIGMA[,SIZE]``, ``box:SIZE``, ``motion:LENGTH,ANGLE``,
+        ``disk:RADIUS``, or the path of a ``.npy`` array or an image (a colour
+        image is averaged over its channels); a file must be non-negative and
+        is normalised to sum 1.
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    Tensor (kh, kw)
+
+    Raises
+    ------
+    PSFSpecError
+        With a one-line message naming the spec and what was expected.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise PSFSpecError(f"--psf {spec!r}: expected {SPEC_HELP}")
+    kind, sep, args = spec.strip().partition(":")
+    if sep and kind.lower() in _CONSTRUCTORS:
+        fn, (lo, hi), usage = _CONSTRUCTORS[kind.lower()]
+        parts = [p.strip() for p in args.split(",")] if args.strip() else []
+        if not lo <= len(parts) <= hi:
+            raise PSFSpecError(f"--psf {spec!r}: expected {usage}")
+        integer = {"box": (True,), "gaussian": (False, True), "motion": (False, False),
+                   "disk": (False,)}[kind.lower()]
+        values = [_number(p, spec, integer=i) for p, i in zip(parts, integer)]
+        try:
+            return fn(*values, dtype=dtype)
+        except ValueError as exc:
+            raise PSFSpecError(f"--psf {spec!r}: {exc}") from None
+    if os.path.exists(spec):
+        return _from_file(spec, dtype)
+    if sep and not os.path.splitext(spec)[1]:
+        raise PSFSpecError(f"--psf {spec!r}: unknown PSF kind {kind!r}; expected {SPEC_HELP}")
+    raise PSFSpecError(f"--psf {spec!r}: not a known PSF kind and no such file; expected {SPEC_HELP}")
