@@ -226,13 +226,33 @@ if available():
     # CUDA kernels: Triton launchers registered for the same op names.
     # -----------------------------------------------------------------------
     def _register_cuda_kernels() -> None:
-        """Register the Triton launchers (same names as the ops) as CUDA kernels."""
-        try:
-            from . import triton_kernels as tk
-        except ImportError:  # Triton missing: CUDA tensors get the dispatcher's error
-            return
+        """Register the Triton launchers (same names as the ops) as CUDA kernels.
+
+        Each registered kernel imports its launcher on first call: importing
+        deconv_ext then neither imports Triton nor, on a CPU-only machine,
+        switches Triton to its interpreter (deconv_ext.triton_kernels does
+        that when its kernels are defined). Registering a CUDA kernel on a
+        CPU-only build is harmless: no CUDA tensor can reach it.
+        """
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return  # Triton missing: CUDA tensors get the dispatcher's error
+        from . import triton_kernels as tk  # cheap: OP_NAMES only, kernels are lazy
+
+        def lazy(name: str):
+            resolved = []
+
+            def kernel(*args, **kwargs):
+                if not resolved:
+                    resolved.append(getattr(tk, name))
+                return resolved[0](*args, **kwargs)
+
+            kernel.__name__ = kernel.__qualname__ = f"triton_{name}"
+            return kernel
+
         for name in tk.OP_NAMES:
-            torch.library.register_kernel(f"deconv_ext::{name}", "cuda", getattr(tk, name))
+            torch.library.register_kernel(f"deconv_ext::{name}", "cuda", lazy(name))
 
     _register_cuda_kernels()
 
