@@ -252,7 +252,8 @@ if available():
             return kernel
 
         for name in tk.OP_NAMES:
-            torch.library.register_kernel(f"deconv_ext::{name}", "cuda", lazy(name))
+            if hasattr(ops, name):  # an op this build of the extension defines
+                torch.library.register_kernel(f"deconv_ext::{name}", "cuda", lazy(name))
 
     _register_cuda_kernels()
 
