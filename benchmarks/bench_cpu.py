@@ -1,0 +1,147 @@
+"""CPU benchmark of the foundation (issue 2): ratios to torch's FFT round trip.
+
+For the five shapes of DESIGN.md section 6 (float32, 5x5 Gaussian PSF,
+eps=1e-2), times side by side in one process:
+
+* ``round trip``: bare ``irfft2(rfft2(x))`` of the same tensor (= 1.00);
+* ``seed``: the seed article's formula (full complex FFTs, ``K/(|K|+eps)^2``,
+  filter recomputed per call);
+* ``torch/call``: the correct torch version, filter computed per call;
+* ``torch/cached``: the correct torch version with a cached filter;
+* ``deconvolve``: this library, one-shot;
+* ``plan``: this library, ``DeconvPlan`` built once.
+
+Then the fused C++ spectral solve alone on a 16x3x512x257 complex64 spectrum,
+against the torch expression computing the same filter per call and against
+an in-place multiply by a precomputed filter (the memory-bound floor).
+
+Usage::
+
+    python benchmarks/bench_cpu.py [--quick] [--no-append]
+
+Appends a dated section to benchmarks/RESULTS.md unless --no-append.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import machine_line, markdown_table, median_times, today  # noqa: E402
+
+import deconv_ext as dx  # noqa: E402
+from deconv_ext import spectral  # noqa: E402
+
+SHAPES = [(1, 1, 512, 512), (1, 1, 2048, 2048), (8, 3, 256, 256), (64, 1, 128, 128),
+          (16, 3, 512, 512)]
+EPS = 1e-2
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def gaussian_psf(size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def seed_formula(image, kernel, epsilon=EPS):
+    """The seed article's Example 1, verbatim in substance (shifted, full FFTs)."""
+    image_fft = torch.fft.fft2(image)
+    kernel_fft = torch.fft.fft2(kernel, s=(image.shape[-2], image.shape[-1]))
+    mag = torch.abs(kernel_fft) + epsilon
+    return torch.fft.ifft2(image_fft * (kernel_fft / mag ** 2)).real
+
+
+def torch_filter(psf, size):
+    K = spectral.psf_spectrum(psf, size)
+    return K.conj() / (K.abs() ** 2 + EPS)
+
+
+def torch_per_call(image, psf):
+    size = image.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(image) * torch_filter(psf, size), s=size)
+
+
+def bench_shapes(rounds: int):
+    psf = gaussian_psf()
+    rows, raw = [], {}
+    for shape in SHAPES:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(*shape, generator=gen)
+        size = shape[-2:]
+        G = torch_filter(psf, size)
+        plan = dx.DeconvPlan(psf, size, eps=EPS)
+        n = rounds if x.numel() < 4e6 else max(5, rounds // 2)
+        t = median_times({
+            "round trip": lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=size),
+            "seed": lambda: seed_formula(x, psf),
+            "torch/call": lambda: torch_per_call(x, psf),
+            "torch/cached": lambda: torch.fft.irfft2(torch.fft.rfft2(x) * G, s=size),
+            "deconvolve": lambda: dx.deconvolve(x, psf, eps=EPS),
+            "plan": lambda: plan(x),
+        }, rounds=n)
+        base = t["round trip"]
+        name = "x".join(map(str, shape[:2])) + f"x{shape[2]}²"
+        raw[name] = t
+        rows.append([name, f"{base * 1e3:.2f} ms"] + [f"{t[k] / base:.2f}" for k in
+                     ("seed", "torch/call", "torch/cached", "deconvolve", "plan")]
+                    + [f"{t['seed'] / t['deconvolve']:.1f}x"])
+    header = ["shape", "round trip", "seed", "torch/call", "torch/cached", "deconvolve", "plan",
+              "deconvolve vs seed"]
+    return markdown_table(header, rows), raw
+
+
+def bench_solve(rounds: int):
+    gen = torch.Generator().manual_seed(1)
+    shape = (16, 3, 512, 257)
+    Y = torch.randn(*shape, generator=gen, dtype=torch.complex64)
+    K = torch.randn(512, 257, generator=gen, dtype=torch.complex64)
+    G = K.conj() / (K.abs() ** 2 + EPS)
+    thr = torch.zeros((), dtype=torch.float32)
+    Ys = [Y.clone() for _ in range(2)]  # the in-place multiply works on its own copy
+    op = torch.ops.deconv_ext.spectral_solve
+    t = median_times({
+        "fused C++ solve": lambda: op(Y, K, None, EPS, thr),
+        "torch expression": lambda: K.conj() * Y / (K.abs() ** 2 + EPS),
+        "Y.mul_(G)": lambda: Ys[0].mul_(G),
+        "Y * G": lambda: Y * G,
+    }, rounds=rounds)
+    f = t["fused C++ solve"]
+    rows = [[k, f"{v * 1e3:.2f} ms", f"{v / f:.2f}"] for k, v in t.items()]
+    return markdown_table(["16x3x512x257 complex64", "median", "/ fused"], rows), t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--json", help="also write the raw medians (s) to this JSON file")
+    args = ap.parse_args(argv)
+    rounds = 7 if args.quick else 21
+    shapes_table, raw_shapes = bench_shapes(rounds)
+    solve_table, raw_solve = bench_solve(rounds)
+    text = (f"\n## {today()} — CPU foundation benchmark\n\n"
+            f"Machine: {machine_line()}  \n"
+            f"Command: `python benchmarks/bench_cpu.py{' --quick' if args.quick else ''}`  \n"
+            f"float32, 5x5 Gaussian PSF, eps={EPS}; median time as a multiple of torch's bare "
+            f"rfft2+irfft2 round trip of the same tensor, measured side by side.\n\n"
+            f"{shapes_table}\n\nFused spectral solve alone:\n\n{solve_table}\n")
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shapes": raw_shapes, "solve": raw_solve}, f, indent=2)
+    if not args.no_append:
+        new = not os.path.exists(RESULTS)
+        with open(RESULTS, "a") as f:
+            if new:
+                f.write("# Benchmark results\n\nNewest last. Each section: date, machine, command, "
+                        "table. Ratios are measured side by side in one process.\n")
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
