@@ -177,6 +177,18 @@ def test_spectral_solve_strided_and_conj(cdt, rtol, atol, gen):
         close(got, solve_ref(y, k.resolve_conj(), r, e, thresh), *REF_TOL[cdt])
 
 
+def test_many_dims_split_launch(gen):
+    """Alternating broadcast over six dims coalesces to five: launched per
+    index of the extra outer dim; permuted leading dims for pad."""
+    y = cspec((2, 2, 2, 2, 3, 4), torch.complex128, gen)
+    k = cspec((2, 1, 2, 1, 3, 4), torch.complex128, gen)
+    th = torch.full((1,), 0.1, dtype=torch.float64)
+    close(tk.spectral_solve(y, k, None, 0.1, th), solve_ref(y, k, None, 0.1, th), 1e-12, 1e-12)
+    close(tk.spectral_mul(y, k, True), torch.conj(k) * y, 1e-12, 1e-12)
+    x = torch.randn(2, 3, 2, 3, 5, 6, generator=gen, dtype=torch.float64).permute(1, 0, 3, 2, 4, 5)
+    close(tk.pad(x, 1, 2, 8, 9, "reflect"), pad_ref(x, 1, 2, 8, 9, "reflect"), 0, 0)
+
+
 def test_spectral_solve_inplace(gen):
     y = cspec((2, 3, 5, 7), torch.complex64, gen).transpose(-1, -2)
     k = cspec((3, 7, 5), torch.complex64, gen).conj()
