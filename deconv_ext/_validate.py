@@ -128,3 +128,37 @@ def reg(value, img_shape: Sequence[int]):
     if isinstance(value, torch.Tensor):
         return kernel(value, tuple(img_shape[-2:]), name="reg")
     raise TypeError(f"reg={value!r} is not valid; expected None, 'laplacian' or a kernel tensor")
+
+
+# -- boundaries and exact solvers (deconv_ext.boundary / deconv_ext.solvers) --
+SOLVERS = ("fft", "cg", "dct")
+PADDINGS = ("same", "valid")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def taper(value) -> Optional[int]:
+    """None, or an int >= 0 (a width in pixels)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"taper={value!r} is not valid; expected None or an int >= 0 (pixels)")
+    return int(value)
+
+
+def tol(value) -> float:
+    """A finite float > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"tol={value!r} is not valid; expected a float > 0")
+    v = float(value)
+    if not (v > 0) or math.isinf(v):
+        raise ValueError(f"tol={value!r} is not valid; expected a finite float > 0")
+    return v
+
+
+def max_iter(value) -> Optional[int]:
+    """None (the default), or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"max_iter={value!r} is not valid; expected None or an int >= 1")
+    return int(value)

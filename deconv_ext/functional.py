@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
-from . import backend, multichannel, reference
+from . import backend, multichannel, reference, solvers
 from .plan import DeconvPlan
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_opnorm",
@@ -14,16 +14,14 @@ __all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_op
 
 
 def _check_boundary(boundary: str) -> str:
-    V.choice("boundary", boundary, V.BOUNDARIES)
-    if boundary != "circular":
-        raise NotImplementedError(f"boundary={boundary!r} is not implemented yet; "
-                                  f"only 'circular' is available")
-    return boundary
+    return V.choice("boundary", boundary, V.BOUNDARIES)
 
 
 def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.Tensor] = 1e-2,
                method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
-               boundary: str = "circular", rcond: Optional[float] = None) -> torch.Tensor:
+               boundary: str = "circular", rcond: Optional[float] = None, *,
+               solver: str = "fft", tol: float = 1e-6, max_iter: Optional[int] = None,
+               taper: Optional[int] = None, precond: str = "auto", return_info: bool = False):
     """Undo a 2D blur: regularised inverse of ``blurred = image (*) psf``.
 
     Model: a true circular convolution with the PSF's origin at pixel
@@ -46,15 +44,54 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     method : {"tikhonov", "pinv"}
     reg : None, "laplacian" or Tensor
         Regulariser: identity, the 3x3 Laplacian, or any 2D kernel.
-    boundary : {"circular"}
-        The forward model's boundary.
+    boundary : {"circular", "reflect", "symmetric", "replicate", "zeros"}
+        The forward model's boundary: how the blur extended the image past
+        its edges (names of ``F.pad``; "symmetric" repeats the edge pixel,
+        "reflect" does not). Non-circular models are
+        ``A_b x = crop(circ_conv(pad_b(x)))``, i.e.
+        ``scipy.ndimage.convolve`` with mode "mirror", "reflect", "nearest",
+        "constant" respectively (see :func:`convolve`).
     rcond : float in [0, 1), optional
         Relative threshold of the pseudo-inverse; default
-        ``10 * max(H, W) * finfo(dtype).eps``.
+        ``10 * max(H, W) * finfo(dtype).eps``. Not used by ``solver="cg"``.
+    solver : {"fft", "cg", "dct"}, keyword-only
+        * ``"fft"`` (default): the FFT solve. Circular: exact. Otherwise the
+          fast approximation: the observation is extended by the boundary
+          rule by at least the PSF's half size per side up to a fast FFT
+          size, solved circularly and cropped; ringing stays near the edges.
+        * ``"cg"``: the exact solution of
+          ``min ||A_b x - y||^2 + eps ||R_b x||^2`` (``eps = 0`` or
+          ``method="pinv"``: the minimum-norm least-squares solution) by
+          conjugate gradients on the normal equations (CGLS), preconditioned
+          per ``precond``, batched (each image plane stops on its own).
+          Differentiable w.r.t. ``image`` (one more CG solve backward).
+        * ``"dct"``: direct exact solve for ``boundary="symmetric"`` with a
+          PSF symmetric in each axis (the DCT-II diagonalises it).
+    tol : float > 0, default 1e-6, keyword-only
+        CG stops when ``||A^T (y - A x) - eps R^T R x|| <= tol ||A^T y||``.
+    max_iter : int >= 1, optional, keyword-only
+        CG iteration cap (default 1000). If a plane does not converge, the
+        iterate of smallest residual is returned with a ``RuntimeWarning``
+        stating the residual reached.
+    taper : int >= 0, optional, keyword-only
+        Fast path only: blend the extended border toward the image mean over
+        this many pixels (reduces residual ringing).
+    precond : {"auto", "dct", "fft", "none"}, keyword-only
+        CG preconditioner: ``M = A_c^T A_c + eps R_c^T R_c`` with ``A_c`` the
+        Neumann (DCT) or circulant (FFT) approximation of ``A_b``. "auto"
+        picks the one measured best for the boundary (DCT for the
+        non-circular ones); none when ``eps = 0`` (preconditioning would lose
+        the minimum-norm property).
+    return_info : bool, default False, keyword-only
+        Also return a :class:`deconv_ext.solvers.SolveInfo` (iterations,
+        relative normal-equations residual and convergence flag per image
+        plane; 0 iterations for the direct solvers), like
+        ``scipy.sparse.linalg.cg``'s ``(x, info)``.
 
     Returns
     -------
-    Tensor (..., H, W), the image's shape, dtype and device.
+    Tensor (..., H, W), the image's shape, dtype and device; with
+    ``return_info=True`` a tuple ``(x, info)``.
 
     Notes
     -----
@@ -81,6 +118,26 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     V.reg(reg, image.shape)
     V.eps(eps, tuple(image.shape[-2:]))
     V.rcond(rcond)
+    V.choice("solver", solver, V.SOLVERS)
+    V.tol(tol)
+    V.max_iter(max_iter)
+    V.taper(taper)
+    V.choice("precond", precond, solvers.PRECONDS)
+    if boundary != "circular" or solver != "fft" or return_info or taper:
+        if isinstance(eps, torch.Tensor):
+            raise ValueError("a tensor eps (per-frequency Wiener weights) needs boundary='circular' "
+                             "and solver='fft'; pass a float eps")
+        if solver == "dct" and boundary != "symmetric":
+            raise ValueError(f"solver='dct' solves boundary='symmetric' exactly; got "
+                             f"boundary={boundary!r} (use solver='cg' or 'fft')")
+        if taper and boundary == "circular":
+            raise ValueError("taper= applies to the padded fast path of a non-circular boundary; "
+                             "boundary='circular' has no border to taper")
+        if image.numel() == 0:
+            x = torch.empty_like(image)
+            return (x, None) if return_info else x
+        return solvers.deconvolve_boundary(image, psf, eps, method, reg, boundary, rcond, solver,
+                                           tol, max_iter, taper, precond, return_info)
     if image.numel() == 0:
         return torch.empty_like(image)
     if backend.selected() == "torch":
@@ -98,7 +155,13 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular")
     ----------
     image : Tensor (..., H, W)
     psf : Tensor (kh, kw) or (..., kh, kw), broadcastable to the image's leading dims
-    boundary : {"circular"}
+    boundary : {"circular", "reflect", "symmetric", "replicate", "zeros"}
+        ``A_b x = crop(circ_conv(pad_b(x)))``: the image is extended by the
+        rule ``b`` by ``kh - 1 - kh // 2`` rows above and ``kh // 2`` below
+        (likewise for columns), blurred, and the (H, W) window is kept. This
+        equals ``scipy.ndimage.convolve(image, psf, mode=m)`` with ``m`` =
+        "wrap", "mirror", "reflect", "nearest", "constant" respectively, and
+        is the model that ``deconvolve(..., boundary=b, solver="cg")`` inverts.
 
     Returns
     -------
@@ -110,6 +173,10 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular")
     _check_boundary(boundary)
     if image.numel() == 0:
         return torch.empty_like(image)
+    if boundary != "circular":
+        dtype = reference.compute_dtype(image.dtype)
+        return DeconvPlan(psf.to(dtype), tuple(image.shape[-2:]), method="pinv", dtype=dtype,
+                          boundary=boundary).blur(image)
     if backend.selected() == "torch":
         return reference.convolve(image, psf)
     dtype = reference.compute_dtype(image.dtype)
@@ -119,7 +186,9 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular")
 def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                 groups: int = 1, dilation=1, padding: str = "same",
                 padding_mode: str = "circular", eps: float = 0.0,
-                rcond: Optional[float] = None) -> torch.Tensor:
+                rcond: Optional[float] = None, *, solver: Optional[str] = None,
+                tol: float = 1e-6, max_iter: Optional[int] = None, precond: str = "auto",
+                return_info: bool = False):
     """Pseudo-inverse (or Tikhonov inverse) of a stride-1 ``F.conv2d`` layer.
 
     Forward model: ``output = F.conv2d(F.pad(input, pads, mode="circular"),
@@ -135,8 +204,24 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     bias : Tensor (C_out,), optional
     groups : int
     dilation : int or (int, int)
-    padding : {"same"}
-    padding_mode : {"circular"}
+    padding : {"same", "valid"}
+        As ``nn.Conv2d`` (stride 1). "valid": no padding, the input is
+        ``dilation * (k - 1)`` larger than the output.
+    padding_mode : {"circular", "zeros", "reflect", "replicate"}
+        As ``nn.Conv2d``. Anything but circular "same" (or ``solver="cg"``)
+        is solved exactly by conjugate gradients
+        (:func:`deconv_ext.solvers.conv2d_exact`): the Tikhonov problem
+        ``min ||conv(x) - (output - bias)||^2 + eps ||x||^2``, or for
+        ``eps = 0`` its minimum-norm least-squares solution.
+    solver : {None, "fft", "cg"}, keyword-only
+        None: "fft" for circular "same" (the exact per-frequency solve), "cg"
+        otherwise. "fft" with another padding_mode: the padded fast
+        approximation (depthwise "same" layers only).
+    tol, max_iter, precond, return_info : keyword-only
+        As in :func:`deconvolve` (CG stopping rule, iteration cap with a
+        RuntimeWarning and the best iterate if not converged, preconditioner,
+        and ``(x, SolveInfo)`` output; multi-channel layers have one system
+        per sample and no transform preconditioner).
     eps : float >= 0
         0 gives the Moore-Penrose pseudo-inverse; > 0 Tikhonov.
     rcond : float in [0, 1), optional
@@ -173,6 +258,13 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                          f"{weight.shape[0]}; expected them equal")
     V.same_device("weight", weight, "output", output)
     multichannel.check_conv_weight(weight, groups, V.pair("dilation", dilation),
+    if (padding != "same" or padding_mode != "circular" or solver not in (None, "fft")
+            or return_info):
+        # Non-circular / "valid" layers and the CG solver (deconv_ext.solvers).
+        if isinstance(padding, str) and padding == "valid" and solver == "fft":
+            raise ValueError("padding='valid' has no FFT solve; use solver='cg'")
+        return solvers.conv2d_exact(output, weight, bias, groups, dilation, padding, padding_mode,
+                                    eps, rcond, solver, tol, max_iter, precond, return_info)
                                    tuple(output.shape[-2:]))
     if padding != "same":
         raise ValueError(f"padding={padding!r} is not valid; expected 'same'")

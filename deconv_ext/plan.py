@@ -12,6 +12,7 @@ import torch
 
 from . import _validate as V
 from . import backend, reference, spectral
+from . import boundary as _boundary
 
 __all__ = ["DeconvPlan"]
 
@@ -48,6 +49,16 @@ class DeconvPlan:
     dtype : torch.dtype, optional
         float32 or float64 computation dtype; default: the PSF's (float16 and
         bfloat16 compute in float32).
+    boundary : {"circular", "reflect", "symmetric", "replicate", "zeros"}
+        The blur's boundary. Non-circular: the plan holds the spectrum at a
+        padded fast FFT size (the image plus at least the PSF's half size on
+        each side, rounded up to factors 2, 3, 5, 7); ``plan(y)`` extends
+        ``y`` by the boundary rule, solves circularly there and crops (the
+        fast approximation, ``deconv_ext.boundary``); ``blur``/``adjoint``
+        are the exact non-circular forward model and its adjoint.
+    taper : int >= 0, optional
+        Non-circular only: width in pixels over which the extended border is
+        blended toward the image mean before the solve (less ringing).
 
     Examples
     --------
@@ -59,7 +70,8 @@ class DeconvPlan:
 
     def __init__(self, psf: torch.Tensor, image_size, eps: Union[float, torch.Tensor] = 1e-2,
                  method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
-                 rcond: Optional[float] = None, dtype: Optional[torch.dtype] = None):
+                 rcond: Optional[float] = None, dtype: Optional[torch.dtype] = None,
+                 boundary: str = "circular", taper: Optional[int] = None):
         size = V.size2("image_size", image_size)
         V.kernel(psf, tuple(psf.shape[:-2]) + size, name="psf")
         V.choice("method", method, V.METHODS)
@@ -73,6 +85,18 @@ class DeconvPlan:
         if isinstance(eps, torch.Tensor):
             V.same_device("eps", eps, "psf", psf)
         self.image_size: Tuple[int, int] = size
+        # Non-circular boundaries (the padded fast path, deconv_ext.boundary):
+        # the spectrum lives at the padded fast FFT size.
+        self.boundary = V.choice("boundary", boundary, V.BOUNDARIES)
+        self.taper = V.taper(taper)
+        self.geometry = None
+        self.fft_size: Tuple[int, int] = size
+        if boundary != "circular":
+            if isinstance(eps, torch.Tensor) and any(n != 1 for n in eps.shape[-2:]):
+                raise ValueError(f"a per-frequency eps tensor needs boundary='circular' (the "
+                                 f"padded solve of boundary={boundary!r} uses another FFT size)")
+            self.geometry = _boundary.padded_geometry(size, tuple(psf.shape[-2:]), self.taper)
+            self.fft_size = self.geometry.fft_size
         self.dtype: torch.dtype = dtype or spectral.compute_dtype(psf.dtype)
         self.method = method
         self.rcond = rcond
@@ -85,7 +109,8 @@ class DeconvPlan:
 
     # -- construction -------------------------------------------------------
     def _build(self) -> None:
-        size, dtype, device = self.image_size, self.dtype, self.psf.device
+        size = getattr(self, "fft_size", self.image_size)
+        dtype, device = self.dtype, self.psf.device
         self.spectrum = spectral.psf_spectrum(self.psf, size)
         rcond = spectral.default_rcond(size, dtype) if self.rcond is None else self.rcond
         # The threshold is a choice of which frequencies to keep, not a
@@ -165,7 +190,8 @@ class DeconvPlan:
     def __getstate__(self):
         # Spectra are derived: store the definition, rebuild on load.
         return {k: self.__dict__[k] for k in
-                ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps")}
+                ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps",
+                 "boundary", "taper", "geometry", "fft_size") if k in self.__dict__}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -175,6 +201,7 @@ class DeconvPlan:
         return (f"DeconvPlan(psf={tuple(self.psf.shape)}, image_size={self.image_size}, "
                 f"method={self.method!r}, eps={self.eps if not isinstance(self.eps, torch.Tensor) else 'tensor'}, "
                 f"reg={self.reg if not isinstance(self.reg, torch.Tensor) else 'tensor'}, "
+                f"boundary={getattr(self, 'boundary', 'circular')!r}, "
                 f"dtype={self.dtype}, device={self.psf.device})")
 
     # -- application --------------------------------------------------------
@@ -195,6 +222,8 @@ class DeconvPlan:
         self._check(image, "image")
         if image.numel() == 0:
             return torch.empty_like(image)
+        if getattr(self, "boundary", "circular") != "circular":
+            return _boundary.padded_solve(self, image)
         if backend.selected() == "torch":
             return self._reference_solve(image)
         y = image
@@ -224,6 +253,8 @@ class DeconvPlan:
         else:
             ops = backend.kernels(x.device)
             X = torch.fft.rfft2(xc)
+        if getattr(self, "boundary", "circular") != "circular":
+            return _boundary.plan_apply(self, x, adjoint=conj)
             out = torch.fft.irfft2(ops.spectral_mul(X, self.spectrum, conj), s=self.image_size)
         if add_bias and self.bias is not None:
             out = out + self.bias[:, None, None]
