@@ -257,7 +257,6 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         raise ValueError(f"output has {output.shape[-3]} channels but weight has C_out="
                          f"{weight.shape[0]}; expected them equal")
     V.same_device("weight", weight, "output", output)
-    multichannel.check_conv_weight(weight, groups, V.pair("dilation", dilation),
     if (padding != "same" or padding_mode != "circular" or solver not in (None, "fft")
             or return_info):
         # Non-circular / "valid" layers and the CG solver (deconv_ext.solvers).
@@ -265,6 +264,7 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
             raise ValueError("padding='valid' has no FFT solve; use solver='cg'")
         return solvers.conv2d_exact(output, weight, bias, groups, dilation, padding, padding_mode,
                                     eps, rcond, solver, tol, max_iter, precond, return_info)
+    multichannel.check_conv_weight(weight, groups, V.pair("dilation", dilation),
                                    tuple(output.shape[-2:]))
     if padding != "same":
         raise ValueError(f"padding={padding!r} is not valid; expected 'same'")
