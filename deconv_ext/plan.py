@@ -246,6 +246,8 @@ class DeconvPlan:
         self._check(x, "x" if not conj else "y")
         if x.numel() == 0:
             return torch.empty_like(x)
+        if getattr(self, "boundary", "circular") != "circular":
+            return _boundary.plan_apply(self, x, adjoint=conj)
         xc = x.to(self.dtype)
         if backend.selected() == "torch":
             K = reference.psf_transfer(self.psf, self.image_size)
@@ -253,8 +255,6 @@ class DeconvPlan:
         else:
             ops = backend.kernels(x.device)
             X = torch.fft.rfft2(xc)
-        if getattr(self, "boundary", "circular") != "circular":
-            return _boundary.plan_apply(self, x, adjoint=conj)
             out = torch.fft.irfft2(ops.spectral_mul(X, self.spectrum, conj), s=self.image_size)
         if add_bias and self.bias is not None:
             out = out + self.bias[:, None, None]
