@@ -25,6 +25,10 @@ def _same_equivalent(padding, kernel_size, dilation) -> bool:
     return True
 
 
+def _rebuild_after_load(module: "ConvPinv2d", incompatible_keys) -> None:
+    module._rebuild()
+
+
 class ConvPinv2d(nn.Module):
     """The Moore-Penrose pseudo-inverse (or Tikhonov inverse) of a conv layer.
 
@@ -79,7 +83,8 @@ class ConvPinv2d(nn.Module):
                              else bias)
         self._plan = None
         self._rebuild()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._rebuild())
+        # A module-level function, not a lambda: the module stays picklable.
+        self.register_load_state_dict_post_hook(_rebuild_after_load)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, input_size, eps: float = 0.0,

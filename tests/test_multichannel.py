@@ -6,6 +6,8 @@ through the library.
 """
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -400,6 +402,11 @@ def test_conv_pinv2d_inverts_an_nn_conv2d(gen, c_in, c_out, k, groups, padding):
                          bias=torch.zeros(c_out, dtype=f64))
     inv2.load_state_dict(sd)
     assert rel_err(inv2(y), expect) <= 1e-13
+    buf = io.BytesIO()
+    torch.save(inv, buf)
+    buf.seek(0)
+    inv3 = torch.load(buf, weights_only=False)
+    assert rel_err(inv3(y), expect) <= 1e-13
 
 
 def test_conv_pinv2d_dtype_moves_rebuild_the_filter(gen):
@@ -487,3 +494,12 @@ def test_bad_input_to_plan_and_svdvals():
         dx.conv2d_svdvals(w, (2, 9))
     with pytest.raises(ValueError, match="groups=2 is not valid"):
         dx.conv2d_opnorm(torch.rand(3, 1, 3, 3), (8, 8), groups=2)
+
+
+def test_multichannel_plan_compiles_fullgraph(gen):
+    w = _weight(gen, 4, 3, (3, 3), dtype=torch.float32)
+    plan = dx.DeconvPlan.for_conv2d(w, (8, 9))
+    assert plan.fused
+    y = torch.randn(2, 4, 8, 9, generator=gen)
+    compiled = torch.compile(lambda t: plan(t), fullgraph=True)
+    assert torch.allclose(compiled(y), plan(y), rtol=0, atol=1e-6)
