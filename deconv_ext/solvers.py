@@ -537,8 +537,9 @@ def auto_precond(boundary: str, psf: torch.Tensor) -> Optional[str]:
 
     * circular: the FFT preconditioner is the exact inverse (1 iteration);
     * symmetric + axis-symmetric PSF: the DCT one is exact (1 iteration);
-    * zeros + axis-symmetric PSF: DCT cuts ~120 iterations to ~20;
-    * reflect, replicate, and any boundary with a non-symmetric (motion) PSF:
+    * zeros + axis-symmetric PSF: DCT cuts ~110 iterations to ~20;
+      zeros + non-symmetric (motion) PSF: FFT cuts ~136 to ~91, DCT fails;
+    * reflect, replicate, and symmetric with a non-symmetric (motion) PSF:
       both transforms *hurt* (up to 3x more iterations, or no convergence):
       with a small eps the boundary rows that the transform gets wrong are
       a perturbation of rank ~ perimeter x PSF size whose eigenvalues are
@@ -550,6 +551,8 @@ def auto_precond(boundary: str, psf: torch.Tensor) -> Optional[str]:
         return "fft"
     if boundary in ("symmetric", "zeros") and is_axis_symmetric(psf):
         return "dct"
+    if boundary == "zeros":
+        return "fft"
     return None
 
 
