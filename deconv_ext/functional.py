@@ -79,9 +79,11 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     precond : {"auto", "dct", "fft", "none"}, keyword-only
         CG preconditioner: ``M = A_c^T A_c + eps R_c^T R_c`` with ``A_c`` the
         Neumann (DCT) or circulant (FFT) approximation of ``A_b``. "auto"
-        picks the one measured best for the boundary (DCT for the
-        non-circular ones); none when ``eps = 0`` (preconditioning would lose
-        the minimum-norm property).
+        picks the one measured best (:func:`deconv_ext.solvers.auto_precond`:
+        FFT for circular, DCT for symmetric/zeros with an axis-symmetric PSF,
+        FFT for zeros otherwise, none for reflect/replicate, where both
+        transforms add iterations); none when ``eps = 0`` (preconditioning
+        would lose the minimum-norm property).
     return_info : bool, default False, keyword-only
         Also return a :class:`deconv_ext.solvers.SolveInfo` (iterations,
         relative normal-equations residual and convergence flag per image
