@@ -5,15 +5,22 @@
 #include <torch/extension.h>
 
 #include "channel_mix.h"
+#include "kernel_spectrum.h"
 #include "pad_crop.h"
 #include "spectral.h"
 
 TORCH_LIBRARY(deconv_ext, m) {
   m.def("spectral_solve(Tensor y, Tensor k, Tensor? reg, float eps, Tensor thresh) -> Tensor");
+  m.def("spectral_solve_adjoint(Tensor y, Tensor k, Tensor? reg, float eps, Tensor thresh) -> Tensor");
+  m.def("spectral_solve_(Tensor(a!) y, Tensor k, Tensor? reg, float eps, Tensor thresh) -> ()");
   m.def("spectral_mul(Tensor y, Tensor k, bool conj) -> Tensor");
   m.def("spectral_solve_backward(Tensor grad, Tensor y, Tensor k, Tensor? reg, float eps, "
         "Tensor thresh) -> (Tensor, Tensor)");
   m.def("spectral_mul_grad_k(Tensor grad, Tensor y, int[] k_shape, bool conj) -> Tensor");
+  m.def("kernel_spectrum(Tensor psf, int height, int width) -> Tensor");
+  m.def("kernel_spectrum_backward(Tensor grad, int kh, int kw, int height, int width) -> Tensor");
+  m.def("spectral_power(Tensor k) -> Tensor");
+  m.def("spectral_power_backward(Tensor grad, Tensor k) -> Tensor");
   m.def("pad(Tensor x, int top, int left, int height, int width, str mode) -> Tensor");
   m.def("pad_backward(Tensor grad, int top, int left, int height, int width, str mode) -> Tensor");
   m.def("crop(Tensor x, int top, int left, int height, int width, ScalarType dtype) -> Tensor");
@@ -23,9 +30,15 @@ TORCH_LIBRARY(deconv_ext, m) {
 
 TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
   m.impl("spectral_solve", &deconv_ext::spectral_solve);
+  m.impl("spectral_solve_adjoint", &deconv_ext::spectral_solve_adjoint);
+  m.impl("spectral_solve_", &deconv_ext::spectral_solve_);
   m.impl("spectral_mul", &deconv_ext::spectral_mul);
   m.impl("spectral_solve_backward", &deconv_ext::spectral_solve_backward);
   m.impl("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k);
+  m.impl("kernel_spectrum", &deconv_ext::kernel_spectrum);
+  m.impl("kernel_spectrum_backward", &deconv_ext::kernel_spectrum_backward);
+  m.impl("spectral_power", &deconv_ext::spectral_power);
+  m.impl("spectral_power_backward", &deconv_ext::spectral_power_backward);
   m.impl("pad", &deconv_ext::pad);
   m.impl("pad_backward", &deconv_ext::pad_backward);
   m.impl("crop", &deconv_ext::crop);
@@ -37,6 +50,11 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "deconv_ext CPU kernels (also registered as torch.ops.deconv_ext.*)";
   m.def("spectral_solve", &deconv_ext::spectral_solve, "fused regularised spectral solve",
         py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  m.def("spectral_solve_adjoint", &deconv_ext::spectral_solve_adjoint,
+        "adjoint of the spectral solve w.r.t. y", py::arg("y"), py::arg("k"), py::arg("reg"),
+        py::arg("eps"), py::arg("thresh"));
+  m.def("spectral_solve_", &deconv_ext::spectral_solve_, "in-place fused spectral solve",
+        py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
   m.def("spectral_mul", &deconv_ext::spectral_mul, "K*Y or conj(K)*Y", py::arg("y"),
         py::arg("k"), py::arg("conj"));
   m.def("spectral_solve_backward", &deconv_ext::spectral_solve_backward,
@@ -45,6 +63,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k,
         "gradient of spectral_mul w.r.t. k", py::arg("grad"), py::arg("y"), py::arg("k_shape"),
         py::arg("conj"));
+  m.def("kernel_spectrum", &deconv_ext::kernel_spectrum, "transfer function of a PSF",
+        py::arg("psf"), py::arg("height"), py::arg("width"));
+  m.def("kernel_spectrum_backward", &deconv_ext::kernel_spectrum_backward,
+        "adjoint of kernel_spectrum", py::arg("grad"), py::arg("kh"), py::arg("kw"),
+        py::arg("height"), py::arg("width"));
+  m.def("spectral_power", &deconv_ext::spectral_power, "|k|^2", py::arg("k"));
+  m.def("spectral_power_backward", &deconv_ext::spectral_power_backward, "2 grad k",
+        py::arg("grad"), py::arg("k"));
   m.def("pad", &deconv_ext::pad, "fused boundary extension + cast", py::arg("x"),
         py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
   m.def("pad_backward", &deconv_ext::pad_backward, "adjoint of pad", py::arg("grad"),

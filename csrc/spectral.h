@@ -15,6 +15,15 @@ at::Tensor spectral_solve(const at::Tensor& y, const at::Tensor& k,
                           const c10::optional<at::Tensor>& reg, double eps,
                           const at::Tensor& thresh);
 
+// Adjoint of spectral_solve w.r.t. y: K Y / d (same mask).
+at::Tensor spectral_solve_adjoint(const at::Tensor& y, const at::Tensor& k,
+                                  const c10::optional<at::Tensor>& reg, double eps,
+                                  const at::Tensor& thresh);
+
+// In-place spectral_solve: overwrites y (a temporary spectrum the caller owns).
+void spectral_solve_(at::Tensor& y, const at::Tensor& k, const c10::optional<at::Tensor>& reg,
+                     double eps, const at::Tensor& thresh);
+
 // K * Y (the forward blur) or conj(K) * Y (its adjoint); k broadcast to y.
 at::Tensor spectral_mul(const at::Tensor& y, const at::Tensor& k, bool conj);
 

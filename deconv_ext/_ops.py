@@ -99,6 +99,27 @@ if available():
         torch._check(eps >= 0, lambda: f"eps must be >= 0, got {eps}")
         return torch.empty_like(y, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake("deconv_ext::spectral_solve_adjoint")
+    def _spectral_solve_adjoint_fake(y, k, reg, eps, thresh):
+        return _spectral_solve_fake(y, k, reg, eps, thresh)
+
+    def _solve_adjoint_setup(ctx, inputs, output):
+        _solve_setup(ctx, inputs, output)
+
+    def _solve_adjoint_backward(ctx, grad):
+        # The adjoint's adjoint w.r.t. y is the solve itself (second order
+        # w.r.t. the image; gradients w.r.t. k of the adjoint are not needed).
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            raise NotImplementedError(
+                "second-order gradients w.r.t. the kernel or the regulariser are not "
+                "supported; second-order gradients w.r.t. the image are")
+        y, k, reg, thresh = ctx.saved_tensors
+        return ops.spectral_solve(grad, k, reg, ctx.eps, thresh), None, None, None, None
+
+    @torch.library.register_fake("deconv_ext::spectral_solve_")
+    def _spectral_solve_inplace_fake(y, k, reg, eps, thresh):
+        _spectral_solve_fake(y, k, reg, eps, thresh)
+
     @torch.library.register_fake("deconv_ext::spectral_mul")
     def _spectral_mul_fake(y, k, conj):
         _check_spectrum(y, "y")
@@ -159,7 +180,7 @@ if available():
         if ctx.needs_input_grad[0]:
             # X = F Y with F = conj(K)/d: the adjoint multiplies by conj(F) = K/d,
             # i.e. the same solve with the conjugated kernel (same |K|, same mask).
-            gy = ops.spectral_solve(grad, k.conj_physical(), reg, eps, thresh)
+            gy = ops.spectral_solve_adjoint(grad, k, reg, eps, thresh)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             gk, gr = ops.spectral_solve_backward(grad, y, k, reg, eps, thresh)
             if reg is not None and ctx.needs_input_grad[2]:
@@ -168,6 +189,8 @@ if available():
 
     torch.library.register_autograd("deconv_ext::spectral_solve", _solve_backward,
                                     setup_context=_solve_setup)
+    torch.library.register_autograd("deconv_ext::spectral_solve_adjoint", _solve_adjoint_backward,
+                                    setup_context=_solve_adjoint_setup)
 
     def _mul_setup(ctx, inputs, output):
         y, k, conj = inputs
@@ -317,3 +340,93 @@ if available():
 
     torch.library.register_autograd("deconv_ext::channel_mix", _mix_backward,
                                     setup_context=_mix_setup)
+
+
+# ---------------------------------------------------------------------------
+# kernel_spectrum / spectral_power (csrc/kernel_spectrum.cpp): complex
+# intermediates of the plan kept inside ops, away from Inductor codegen.
+# ---------------------------------------------------------------------------
+if available():
+
+    def _half_shape(psf, height, width):
+        return (*psf.shape[:-2], height, width // 2 + 1)
+
+    @torch.library.register_fake("deconv_ext::kernel_spectrum")
+    def _kernel_spectrum_fake(psf, height, width):
+        torch._check(psf.dim() >= 2, lambda: f"psf must have at least 2 dims, got {psf.dim()}")
+        torch._check(psf.shape[-2] <= height and psf.shape[-1] <= width,
+                     lambda: f"psf of size {tuple(psf.shape[-2:])} is larger than the spectrum's "
+                             f"image size {height}x{width}")
+        cdt = torch.complex64 if psf.dtype == torch.float32 else torch.complex128
+        return psf.new_empty(_half_shape(psf, height, width), dtype=cdt)
+
+    @torch.library.register_fake("deconv_ext::kernel_spectrum_backward")
+    def _kernel_spectrum_backward_fake(grad, kh, kw, height, width):
+        _check_spectrum(grad, "grad")
+        return grad.new_empty((*grad.shape[:-2], kh, kw), dtype=_real_of(grad.dtype))
+
+    @torch.library.register_fake("deconv_ext::spectral_power")
+    def _spectral_power_fake(k):
+        _check_spectrum(k, "k")
+        return k.new_empty(k.shape, dtype=_real_of(k.dtype))
+
+    @torch.library.register_fake("deconv_ext::spectral_power_backward")
+    def _spectral_power_backward_fake(grad, k):
+        _check_spectrum(k, "k")
+        return torch.empty_like(k, memory_format=torch.contiguous_format)
+
+    def _ks_setup(ctx, inputs, output):
+        psf, height, width = inputs
+        ctx.args = (psf.shape[-2], psf.shape[-1], height, width)
+
+    def _ks_backward(ctx, grad):
+        return ops.kernel_spectrum_backward(grad, *ctx.args), None, None
+
+    torch.library.register_autograd("deconv_ext::kernel_spectrum", _ks_backward,
+                                    setup_context=_ks_setup)
+
+    def _ksb_setup(ctx, inputs, output):
+        grad, kh, kw, height, width = inputs
+        ctx.size = (height, width)
+
+    def _ksb_backward(ctx, gg):
+        # Both ops are linear and adjoint to each other.
+        return ops.kernel_spectrum(gg, *ctx.size), None, None, None, None
+
+    torch.library.register_autograd("deconv_ext::kernel_spectrum_backward", _ksb_backward,
+                                    setup_context=_ksb_setup)
+
+    def _power_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def _power_backward(ctx, grad):
+        (k,) = ctx.saved_tensors
+        return ops.spectral_power_backward(grad, k)
+
+    torch.library.register_autograd("deconv_ext::spectral_power", _power_backward,
+                                    setup_context=_power_setup)
+
+    # These two are a few ATen calls: the same torch code serves as their CUDA
+    # kernel (still opaque to the compiler, which is the point).
+    def _kernel_spectrum_torch(psf, height, width):
+        kh, kw = psf.shape[-2:]
+        padded = torch.nn.functional.pad(psf, (0, width - kw, 0, height - kh))
+        return torch.fft.rfft2(torch.roll(padded, (-(kh // 2), -(kw // 2)), (-2, -1))).contiguous()
+
+    def _kernel_spectrum_backward_torch(grad, kh, kw, height, width):
+        full = grad.new_zeros((*grad.shape[:-1], width))
+        full[..., : grad.shape[-1]] = grad.resolve_conj()
+        h = torch.fft.ifft2(full, norm="forward").real
+        return torch.roll(h, (kh // 2, kw // 2), (-2, -1))[..., :kh, :kw].contiguous()
+
+    def _spectral_solve_adjoint_cuda(y, k, reg, eps, thresh):
+        return ops.spectral_solve(y, k.conj_physical(), reg, eps, thresh)
+
+    for _name, _fn in (
+        ("spectral_solve_adjoint", _spectral_solve_adjoint_cuda),
+        ("kernel_spectrum", _kernel_spectrum_torch),
+        ("kernel_spectrum_backward", _kernel_spectrum_backward_torch),
+        ("spectral_power", lambda k: torch.view_as_real(k.resolve_conj()).square().sum(-1)),
+        ("spectral_power_backward", lambda g, k: (k.resolve_conj() * (2 * g)).contiguous()),
+    ):
+        torch.library.register_kernel(f"deconv_ext::{_name}", "cuda", _fn)

@@ -14,6 +14,7 @@ import torch
 METHODS = ("tikhonov", "pinv")
 BOUNDARIES = ("circular", "reflect", "symmetric", "replicate", "zeros")
 REGS = ("laplacian",)
+_INF = float("inf")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -98,7 +99,7 @@ def eps(value, size: Tuple[int, int], name: str = "eps"):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} is not valid; expected a float >= 0 or a real tensor")
     v = float(value)
-    if math.isnan(v) or v < 0 or math.isinf(v):
+    if not (0 <= v < _INF):  # also rejects NaN; no math.isnan: traceable by dynamo
         raise ValueError(f"{name}={value!r} is not valid; expected a finite float >= 0")
     return v
 
@@ -150,7 +151,7 @@ def tol(value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"tol={value!r} is not valid; expected a float > 0")
     v = float(value)
-    if not (v > 0) or math.isinf(v):
+    if not (0 < v < _INF):
         raise ValueError(f"tol={value!r} is not valid; expected a finite float > 0")
     return v
 

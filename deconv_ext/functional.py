@@ -246,6 +246,7 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``(K^H K + eps I)^-1 K^H`` (on the smaller side), the minimiser of
     ``||conv(x) - y||^2 + eps ||x||^2``. Depthwise layers are solved
     element-wise; other layers by :class:`deconv_ext.multichannel.MultiChannelPlan`
+    (memory rule and fused C++ channel mixing documented there).
     """
     V.image(output, "output")
     if output.dim() not in (3, 4):

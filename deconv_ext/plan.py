@@ -231,7 +231,14 @@ class DeconvPlan:
             y = y.to(self.dtype) - self.bias[:, None, None]
         ops = backend.kernels(image.device)
         Y = torch.fft.rfft2(y.to(self.dtype))
-        X = ops.spectral_solve(Y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
+        args = (self.spectrum, self._reg_op, self._eps_op, self.thresh)
+        if _needs_graph(Y, *args) or not hasattr(ops, "spectral_solve_"):
+            X = ops.spectral_solve(Y, *args)
+        else:
+            # Y is our own temporary: solving in place saves allocating (and
+            # page-faulting) a second spectrum-sized buffer.
+            ops.spectral_solve_(Y, *args)
+            X = Y
         return torch.fft.irfft2(X, s=self.image_size).to(image.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,6 +274,14 @@ class DeconvPlan:
         x = reference.deconvolve(y, self.psf, eps=self.eps, method=self.method, reg=self.reg,
                                  rcond=self.rcond)
         return x.to(image.dtype)
+
+
+def _needs_graph(*tensors) -> bool:
+    """Whether autograd or a compiler traces this call (then: no in-place op)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def _depthwise_psf(weight: torch.Tensor, groups: int, dilation: Tuple[int, int],

@@ -10,7 +10,6 @@ from functools import lru_cache
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "compute_dtype",
@@ -22,6 +21,7 @@ __all__ = [
     "reg_power",
     "symmetrised_eps",
     "pinv_threshold",
+    "power",
     "next_fast_size",
 ]
 
@@ -63,11 +63,9 @@ def psf_spectrum(psf: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     Without the roll the result is shifted by the PSF's half-size (the seed
     article's bug).
     """
-    H, W = size
-    kh, kw = psf.shape[-2:]
-    padded = F.pad(psf, (0, W - kw, 0, H - kh))
-    rolled = torch.roll(padded, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
-    return torch.fft.rfft2(rolled)
+    from ._ops import ops  # the op keeps complex maths away from Inductor codegen
+
+    return ops.kernel_spectrum(psf, size[0], size[1])
 
 
 def conv2d_kernel_as_psf(weight: torch.Tensor, dilation: Tuple[int, int]) -> torch.Tensor:
@@ -116,7 +114,7 @@ def reg_power(reg: Union[None, str, torch.Tensor], size: Tuple[int, int], dtype:
         return None
     if isinstance(reg, str):
         return laplacian_power(size, dtype, device)
-    return psf_spectrum(reg.to(dtype=dtype, device=device), size).abs().square()
+    return power(psf_spectrum(reg.to(dtype=dtype, device=device), size))
 
 
 def symmetrised_eps(eps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -153,8 +151,14 @@ def pinv_threshold(K: torch.Tensor, rcond: float) -> torch.Tensor:
     Tensor (..., 1, 1, 1) (or (1, 1) for a 2D spectrum), real.
     """
     dims = tuple(range(-min(K.dim(), 3), 0))
-    smax = K.abs().amax(dim=dims, keepdim=True)
-    return (rcond * smax).square()
+    return (rcond * rcond) * power(K).amax(dim=dims, keepdim=True)
+
+
+def power(K: torch.Tensor) -> torch.Tensor:
+    """``|K|^2`` of a complex tensor (an op: Inductor generates no complex code)."""
+    from ._ops import ops
+
+    return ops.spectral_power(K)
 
 
 @lru_cache(maxsize=4096)
