@@ -7,6 +7,7 @@
 #include "channel_mix.h"
 #include "kernel_spectrum.h"
 #include "pad_crop.h"
+#include "pipeline.h"
 #include "spectral.h"
 
 TORCH_LIBRARY(deconv_ext, m) {
@@ -17,6 +18,11 @@ TORCH_LIBRARY(deconv_ext, m) {
   m.def("spectral_solve_backward(Tensor grad, Tensor y, Tensor k, Tensor? reg, float eps, "
         "Tensor thresh) -> (Tensor, Tensor)");
   m.def("spectral_mul_grad_k(Tensor grad, Tensor y, int[] k_shape, bool conj) -> Tensor");
+  m.def("deconv2d(Tensor image, Tensor k, Tensor? reg, float eps, Tensor thresh, bool adjoint) -> Tensor");
+  m.def("deconv2d_grad_k(Tensor grad, Tensor image, Tensor k, Tensor? reg, float eps, "
+        "Tensor thresh, bool adjoint) -> (Tensor, Tensor)");
+  m.def("filter2d(Tensor x, Tensor k, bool conj) -> Tensor");
+  m.def("filter2d_grad_k(Tensor grad, Tensor x, int[] k_shape, bool conj) -> Tensor");
   m.def("kernel_spectrum(Tensor psf, int height, int width) -> Tensor");
   m.def("kernel_spectrum_backward(Tensor grad, int kh, int kw, int height, int width) -> Tensor");
   m.def("spectral_power(Tensor k) -> Tensor");
@@ -35,6 +41,10 @@ TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
   m.impl("spectral_mul", &deconv_ext::spectral_mul);
   m.impl("spectral_solve_backward", &deconv_ext::spectral_solve_backward);
   m.impl("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k);
+  m.impl("deconv2d", &deconv_ext::deconv2d);
+  m.impl("deconv2d_grad_k", &deconv_ext::deconv2d_grad_k);
+  m.impl("filter2d", &deconv_ext::filter2d);
+  m.impl("filter2d_grad_k", &deconv_ext::filter2d_grad_k);
   m.impl("kernel_spectrum", &deconv_ext::kernel_spectrum);
   m.impl("kernel_spectrum_backward", &deconv_ext::kernel_spectrum_backward);
   m.impl("spectral_power", &deconv_ext::spectral_power);
@@ -63,6 +73,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k,
         "gradient of spectral_mul w.r.t. k", py::arg("grad"), py::arg("y"), py::arg("k_shape"),
         py::arg("conj"));
+  m.def("deconv2d", &deconv_ext::deconv2d, "rfft2 -> fused solve -> irfft2", py::arg("image"),
+        py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"), py::arg("adjoint"));
+  m.def("deconv2d_grad_k", &deconv_ext::deconv2d_grad_k, "gradients of deconv2d w.r.t. k, reg",
+        py::arg("grad"), py::arg("image"), py::arg("k"), py::arg("reg"), py::arg("eps"),
+        py::arg("thresh"), py::arg("adjoint"));
+  m.def("filter2d", &deconv_ext::filter2d, "rfft2 -> K or conj(K) -> irfft2", py::arg("x"),
+        py::arg("k"), py::arg("conj"));
+  m.def("filter2d_grad_k", &deconv_ext::filter2d_grad_k, "gradient of filter2d w.r.t. k",
+        py::arg("grad"), py::arg("x"), py::arg("k_shape"), py::arg("conj"));
   m.def("kernel_spectrum", &deconv_ext::kernel_spectrum, "transfer function of a PSF",
         py::arg("psf"), py::arg("height"), py::arg("width"));
   m.def("kernel_spectrum_backward", &deconv_ext::kernel_spectrum_backward,

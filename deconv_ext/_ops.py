@@ -430,3 +430,88 @@ if available():
         ("spectral_power_backward", lambda g, k: (k.resolve_conj() * (2 * g)).contiguous()),
     ):
         torch.library.register_kernel(f"deconv_ext::{_name}", "cuda", _fn)
+
+
+# ---------------------------------------------------------------------------
+# deconv2d / filter2d (csrc/pipeline.cpp): whole rfft2 -> kernel -> irfft2
+# pipelines, real in and real out, so compiled graphs hold no complex buffers
+# that Inductor could rewrite (see the comment in pipeline.cpp).
+# ---------------------------------------------------------------------------
+if available():
+    from . import pipeline as _pipeline
+
+    def _check_pipeline(x, k, name):
+        torch._check(x.dim() >= 2, lambda: f"{name} must have at least 2 dims, got {x.dim()}")
+        torch._check(x.dtype in (torch.float32, torch.float64),
+                     lambda: f"{name} must be float32 or float64, got {x.dtype}")
+        cdt = torch.complex64 if x.dtype == torch.float32 else torch.complex128
+        torch._check(k.dtype == cdt, lambda: f"k must be {cdt} for a {x.dtype} {name}, got {k.dtype}")
+        torch._check(k.dim() >= 2 and k.shape[-2] == x.shape[-2]
+                     and k.shape[-1] == x.shape[-1] // 2 + 1,
+                     lambda: f"k of shape {tuple(k.shape)} is not the half spectrum of a "
+                             f"{x.shape[-2]}x{x.shape[-1]} {name}")
+
+    @torch.library.register_fake("deconv_ext::deconv2d")
+    def _deconv2d_fake(image, k, reg, eps, thresh, adjoint):
+        _check_pipeline(image, k, "image")
+        half = image.new_empty((*image.shape[:-1], image.shape[-1] // 2 + 1), dtype=k.dtype)
+        _spectral_solve_fake(half, k, reg, eps, thresh)
+        return torch.empty_like(image, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("deconv_ext::deconv2d_grad_k")
+    def _deconv2d_grad_k_fake(grad, image, k, reg, eps, thresh, adjoint):
+        _check_pipeline(image, k, "image")
+        greg = reg.new_empty(reg.shape) if reg is not None else image.new_empty(())
+        return k.new_empty(k.shape), greg
+
+    @torch.library.register_fake("deconv_ext::filter2d")
+    def _filter2d_fake(x, k, conj):
+        _check_pipeline(x, k, "x")
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("deconv_ext::filter2d_grad_k")
+    def _filter2d_grad_k_fake(grad, x, k_shape, conj):
+        cdt = torch.complex64 if x.dtype == torch.float32 else torch.complex128
+        return x.new_empty(k_shape, dtype=cdt)
+
+    def _deconv2d_setup(ctx, inputs, output):
+        image, k, reg, eps, thresh, adjoint = inputs
+        ctx.save_for_backward(image, k, reg, thresh)
+        ctx.eps, ctx.adjoint = eps, adjoint
+
+    def _deconv2d_backward(ctx, grad):
+        image, k, reg, thresh = ctx.saved_tensors
+        gi = gk = greg = None
+        if ctx.needs_input_grad[0]:
+            # The operator is real; its adjoint is the pipeline with the adjoint solve.
+            gi = ops.deconv2d(grad, k, reg, ctx.eps, thresh, not ctx.adjoint)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gk, gr = ops.deconv2d_grad_k(grad, image, k, reg, ctx.eps, thresh, ctx.adjoint)
+            greg = gr if reg is not None and ctx.needs_input_grad[2] else None
+        return gi, gk, greg, None, None, None
+
+    torch.library.register_autograd("deconv_ext::deconv2d", _deconv2d_backward,
+                                    setup_context=_deconv2d_setup)
+
+    def _filter2d_setup(ctx, inputs, output):
+        x, k, conj = inputs
+        ctx.save_for_backward(x, k)
+        ctx.conj = conj
+
+    def _filter2d_backward(ctx, grad):
+        x, k = ctx.saved_tensors
+        gx = gk = None
+        if ctx.needs_input_grad[0]:
+            gx = ops.filter2d(grad, k, not ctx.conj)
+        if ctx.needs_input_grad[1]:
+            gk = ops.filter2d_grad_k(grad, x, list(k.shape), ctx.conj)
+        return gx, gk, None
+
+    torch.library.register_autograd("deconv_ext::filter2d", _filter2d_backward,
+                                    setup_context=_filter2d_setup)
+
+    for _name in ("deconv2d", "deconv2d_grad_k", "filter2d", "filter2d_grad_k"):
+        # On CUDA: torch.fft (cuFFT) around the per-frequency ops (Triton).
+        torch.library.register_kernel(
+            f"deconv_ext::{_name}", "cuda",
+            (lambda fn: lambda *args: fn(ops, *args))(getattr(_pipeline, _name)))

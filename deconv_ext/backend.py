@@ -37,8 +37,16 @@ def kernels(device: torch.device):
         if torch.cuda.is_available():
             raise ValueError(f"{ENV}=triton on CPU tensors is a test path for machines without "
                              f"CUDA; move the tensors to CUDA instead")
+        from functools import partial
+
+        from . import pipeline
         from . import triton_kernels as tk
 
-        return SimpleNamespace(**{name: getattr(tk, name) for name in tk.OP_NAMES})
+        launchers = SimpleNamespace(**{name: getattr(tk, name) for name in tk.OP_NAMES})
+        # The pipeline ops are torch.fft around the per-frequency kernels.
+        for name in pipeline.__all__:
+            if name != "irfft2_backward":
+                setattr(launchers, name, partial(getattr(pipeline, name), launchers))
+        return launchers
     _ops.require()
     return _ops.ops

@@ -417,9 +417,7 @@ def padded_solve(plan, image: torch.Tensor) -> torch.Tensor:
     buf = ops.pad(image, geo.top, geo.left, Nh, Nw, mode)
     if plan.taper:
         buf = taper_border(buf, geo, plan.taper)
-    X = ops.spectral_solve(torch.fft.rfft2(buf), plan.spectrum, plan._reg_op, plan._eps_op,
-                           plan.thresh)
-    x = torch.fft.irfft2(X, s=geo.fft_size)
+    x = ops.deconv2d(buf, plan.spectrum, plan._reg_op, plan._eps_op, plan.thresh, False)
     return ops.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype)
 
 

@@ -173,7 +173,22 @@ class DeconvPlan:
         return plan
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "DeconvPlan":
-        """A copy of the plan on another device and/or computation dtype."""
+        """A copy of the plan on another device and/or computation dtype.
+
+        Called like ``Tensor.to``: ``plan.to("cuda")``, ``plan.to(torch.float64)``,
+        ``plan.to(device, dtype)``. The spectra are rebuilt from the kernel in
+        the new dtype (not cast), so ``plan.to(torch.float64)`` of a float32
+        plan is as accurate as a plan built in float64 from the float32 PSF.
+        float16/bfloat16 give a float32 plan (the dtype such images compute in).
+        """
+        if isinstance(device, torch.dtype) and dtype is None:
+            device, dtype = None, device  # plan.to(torch.float64), as Tensor.to
+        if dtype is not None:
+            if not isinstance(dtype, torch.dtype) or dtype not in V.FLOAT_DTYPES:
+                raise TypeError(f"dtype={dtype!r} is not valid; expected a real floating "
+                                f"torch.dtype (float32/float64; float16/bfloat16 compute in "
+                                f"float32)")
+            dtype = spectral.compute_dtype(dtype)
         new = object.__new__(DeconvPlan)
         new.__dict__.update(self.__dict__)
         new.dtype = dtype or self.dtype
@@ -230,16 +245,9 @@ class DeconvPlan:
         if self.bias is not None:
             y = y.to(self.dtype) - self.bias[:, None, None]
         ops = backend.kernels(image.device)
-        Y = torch.fft.rfft2(y.to(self.dtype))
-        args = (self.spectrum, self._reg_op, self._eps_op, self.thresh)
-        if _needs_graph(Y, *args) or not hasattr(ops, "spectral_solve_"):
-            X = ops.spectral_solve(Y, *args)
-        else:
-            # Y is our own temporary: solving in place saves allocating (and
-            # page-faulting) a second spectrum-sized buffer.
-            ops.spectral_solve_(Y, *args)
-            X = Y
-        return torch.fft.irfft2(X, s=self.image_size).to(image.dtype)
+        x = ops.deconv2d(y.to(self.dtype), self.spectrum, self._reg_op, self._eps_op, self.thresh,
+                         False)
+        return x.to(image.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""
@@ -260,9 +268,7 @@ class DeconvPlan:
             K = reference.psf_transfer(self.psf, self.image_size)
             out = torch.fft.ifft2((K.conj() if conj else K) * torch.fft.fft2(xc)).real
         else:
-            ops = backend.kernels(x.device)
-            X = torch.fft.rfft2(xc)
-            out = torch.fft.irfft2(ops.spectral_mul(X, self.spectrum, conj), s=self.image_size)
+            out = backend.kernels(x.device).filter2d(xc, self.spectrum, conj)
         if add_bias and self.bias is not None:
             out = out + self.bias[:, None, None]
         return out.to(x.dtype)
@@ -274,14 +280,6 @@ class DeconvPlan:
         x = reference.deconvolve(y, self.psf, eps=self.eps, method=self.method, reg=self.reg,
                                  rcond=self.rcond)
         return x.to(image.dtype)
-
-
-def _needs_graph(*tensors) -> bool:
-    """Whether autograd or a compiler traces this call (then: no in-place op)."""
-    if torch.compiler.is_compiling():
-        return True
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def _depthwise_psf(weight: torch.Tensor, groups: int, dilation: Tuple[int, int],
