@@ -192,22 +192,31 @@ if available():
     torch.library.register_autograd("deconv_ext::spectral_solve_adjoint", _solve_adjoint_backward,
                                     setup_context=_solve_adjoint_setup)
 
-    def _mul_setup(ctx, inputs, output):
-        y, k, conj = inputs
-        ctx.save_for_backward(y, k)
-        ctx.conj = conj
+    def _register_filter_autograd(name: str, grad_k_name: str) -> None:
+        """Autograd of a K- or conj(K)-multiply op ``name(x, k, conj)``.
 
-    def _mul_backward(ctx, grad):
-        y, k = ctx.saved_tensors
-        gy = gk = None
-        if ctx.needs_input_grad[0]:
-            gy = ops.spectral_mul(grad, k, not ctx.conj)
-        if ctx.needs_input_grad[1]:
-            gk = ops.spectral_mul_grad_k(grad, y, list(k.shape), ctx.conj)
-        return gy, gk, None
+        Its adjoint w.r.t. x is the same op with ``conj`` flipped; its gradient
+        w.r.t. k is the op ``grad_k_name(grad, x, k_shape, conj)``.
+        """
+        op, grad_k_op = getattr(ops, name), getattr(ops, grad_k_name)
 
-    torch.library.register_autograd("deconv_ext::spectral_mul", _mul_backward,
-                                    setup_context=_mul_setup)
+        def setup(ctx, inputs, output):
+            x, k, conj = inputs
+            ctx.save_for_backward(x, k)
+            ctx.conj = conj
+
+        def backward(ctx, grad):
+            x, k = ctx.saved_tensors
+            gx = gk = None
+            if ctx.needs_input_grad[0]:
+                gx = op(grad, k, not ctx.conj)
+            if ctx.needs_input_grad[1]:
+                gk = grad_k_op(grad, x, list(k.shape), ctx.conj)
+            return gx, gk, None
+
+        torch.library.register_autograd(f"deconv_ext::{name}", backward, setup_context=setup)
+
+    _register_filter_autograd("spectral_mul", "spectral_mul_grad_k")
 
     def _pad_setup(ctx, inputs, output):
         x, top, left, height, width, mode = inputs
@@ -493,22 +502,7 @@ if available():
     torch.library.register_autograd("deconv_ext::deconv2d", _deconv2d_backward,
                                     setup_context=_deconv2d_setup)
 
-    def _filter2d_setup(ctx, inputs, output):
-        x, k, conj = inputs
-        ctx.save_for_backward(x, k)
-        ctx.conj = conj
-
-    def _filter2d_backward(ctx, grad):
-        x, k = ctx.saved_tensors
-        gx = gk = None
-        if ctx.needs_input_grad[0]:
-            gx = ops.filter2d(grad, k, not ctx.conj)
-        if ctx.needs_input_grad[1]:
-            gk = ops.filter2d_grad_k(grad, x, list(k.shape), ctx.conj)
-        return gx, gk, None
-
-    torch.library.register_autograd("deconv_ext::filter2d", _filter2d_backward,
-                                    setup_context=_filter2d_setup)
+    _register_filter_autograd("filter2d", "filter2d_grad_k")
 
     for _name in ("deconv2d", "deconv2d_grad_k", "filter2d", "filter2d_grad_k"):
         # On CUDA: torch.fft (cuFFT) around the per-frequency ops (Triton).
