@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate as V
-from . import backend, reference, spectral
+from . import backend, fft_backend, reference, spectral
 from . import boundary as _boundary
 
 __all__ = ["DeconvPlan"]
@@ -244,10 +244,24 @@ class DeconvPlan:
         y = image
         if self.bias is not None:
             y = y.to(self.dtype) - self.bias[:, None, None]
-        ops = backend.kernels(image.device)
-        x = ops.deconv2d(y.to(self.dtype), self.spectrum, self._reg_op, self._eps_op, self.thresh,
-                         False)
+        y = y.to(self.dtype)
+        args = (self.spectrum, self._reg_op, self._eps_op, self.thresh)
+        fft = self._cpu_fft(y, *args)
+        if fft != "torch":
+            return fft_backend.deconv2d(fft, y, *args).to(image.dtype)
+        x = backend.kernels(image.device).deconv2d(y, *args, False)
         return x.to(image.dtype)
+
+    def _cpu_fft(self, x: torch.Tensor, *tensors) -> str:
+        """The FFT library for this call: torch.fft unless an eager CPU call
+        without autograd, where the measured per-shape choice applies."""
+        if (x.device.type != "cpu" or torch.compiler.is_compiling()
+                or backend.selected() != "cpp"):
+            return "torch"
+        if torch.is_grad_enabled() and any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *tensors)):
+            return "torch"
+        return fft_backend.choose(tuple(x.shape), x.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""
@@ -268,7 +282,11 @@ class DeconvPlan:
             K = reference.psf_transfer(self.psf, self.image_size)
             out = torch.fft.ifft2((K.conj() if conj else K) * torch.fft.fft2(xc)).real
         else:
-            out = backend.kernels(x.device).filter2d(xc, self.spectrum, conj)
+            fft = self._cpu_fft(xc, self.spectrum)
+            if fft != "torch":
+                out = fft_backend.filter2d(fft, xc, self.spectrum, conj)
+            else:
+                out = backend.kernels(x.device).filter2d(xc, self.spectrum, conj)
         if add_bias and self.bias is not None:
             out = out + self.bias[:, None, None]
         return out.to(x.dtype)

@@ -1,0 +1,189 @@
+"""Which FFT library runs the CPU pipeline: measured once per shape, then cached.
+
+On CPU the FFTs are nearly all of a deconvolution's time, and torch's own
+``irfft2`` is its slowest step. ``scipy.fft`` (pocketfft, BSD-licensed, a
+dependency already) is faster for many shapes, not for all: so the choice is
+made per problem by timing both round trips side by side, like an FFT
+planner, and remembered (in memory and in a small JSON file) so that results
+stay bit-identical from run to run on a given machine and thread count.
+
+The switch ``DECONV_EXT_FFT`` (or :func:`set_backend`) overrides the choice:
+
+* ``auto`` (default): the measured choice between ``torch`` and ``scipy``;
+* ``torch``: ``torch.fft`` (what the compiled ops always use);
+* ``scipy``: ``scipy.fft`` with ``workers = torch.get_num_threads()``;
+* ``pyfftw``: FFTW through pyFFTW -- GPL, never a default, only when the user
+  installed it (``pip install pyfftw``) and asked for it.
+
+Only eager CPU calls without autograd take the non-torch path: under
+``torch.compile`` and when gradients are needed the ops (torch.fft inside)
+run, so that the compiled graph and the backward stay opaque, exact adjoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["BACKENDS", "ENV", "selected", "set_backend", "choose", "deconv2d", "filter2d",
+           "cache_path"]
+
+BACKENDS = ("auto", "torch", "scipy", "pyfftw")
+ENV = "DECONV_EXT_FFT"
+
+_override: Optional[str] = None
+_lock = threading.Lock()
+_choices: Dict[str, str] = {}
+_loaded = False
+
+
+def _validate(name: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"FFT backend {name!r} is not valid; expected one of "
+                         f"{', '.join(map(repr, BACKENDS))}")
+    if name == "pyfftw":
+        try:
+            import pyfftw  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("FFT backend 'pyfftw' needs pyFFTW (GPL): install it with "
+                             "`pip install pyfftw`") from exc
+    return name
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force an FFT backend for CPU calls (None: back to ``DECONV_EXT_FFT`` / auto)."""
+    global _override
+    _override = None if name is None else _validate(name)
+
+
+def selected() -> str:
+    """The requested backend: :func:`set_backend`, else ``DECONV_EXT_FFT``, else ``auto``."""
+    if _override is not None:
+        return _override
+    return _validate(os.environ.get(ENV, "") or "auto")
+
+
+def cache_path() -> str:
+    """The JSON file holding measured choices (``$XDG_CACHE_HOME/deconv_ext``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "deconv_ext", "fft_choice.json")
+
+
+def _machine_key() -> str:
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    try:
+        with open(cache_path()) as f:
+            data = json.load(f)
+        if isinstance(data, dict):
+            _choices.update({k: v for k, v in data.items() if v in ("torch", "scipy")})
+    except (OSError, ValueError):
+        pass  # no cache yet, or an unreadable one: measure again
+
+
+def _save() -> None:
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(_choices, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)  # atomic: concurrent writers never leave half a file
+    except OSError:
+        pass  # a read-only home: the choice still holds for this process
+
+
+def _measure(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
+    """Time torch's and scipy's round trips side by side; the faster one's name."""
+    x = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    k = torch.ones(shape[-2], shape[-1] // 2 + 1, dtype=torch.complex64 if dtype == torch.float32
+                   else torch.complex128)
+    thr = torch.zeros((), dtype=dtype)
+    runs = {"torch": lambda: torch.ops.deconv_ext.deconv2d(x, k, None, 0.0, thr, False),
+            "scipy": lambda: _scipy_deconv2d(x, k, None, 0.0, thr)}
+    samples = {n: [] for n in runs}
+    budget = time.perf_counter() + 1.0  # cap the tuning cost of one shape
+    for r in range(7):
+        for n in (("torch", "scipy") if r % 2 else ("scipy", "torch")):
+            t0 = time.perf_counter()
+            runs[n]()
+            samples[n].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() > budget:
+            break
+    # The first round pays one-off costs (plans, pages); leave it out.
+    med = {n: statistics.median(v[1:]) for n, v in samples.items()}
+    return "scipy" if med["scipy"] < med["torch"] else "torch"
+
+
+def choose(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
+    """The FFT backend for a CPU solve of ``shape`` (..., H, W) in ``dtype``."""
+    name = selected()
+    if name != "auto":
+        return name
+    key = f"{_machine_key()}|{tuple(shape)}|{dtype}"
+    with _lock:
+        _load()
+        if key not in _choices:
+            _choices[key] = _measure(tuple(shape), dtype)
+            _save()
+        return _choices[key]
+
+
+def _workers() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _fft_module(name: str):
+    if name == "scipy":
+        import scipy.fft as sf
+
+        return sf, {"workers": _workers()}
+    import pyfftw.interfaces.numpy_fft as pf
+
+    return pf, {"threads": _workers()}
+
+
+def _scipy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
+    from ._C import spectral_solve_
+
+    mod, kw = _fft_module(name)
+    size = tuple(image.shape[-2:])
+    Y = torch.from_numpy(np.ascontiguousarray(mod.rfft2(image.numpy(), **kw)))
+    spectral_solve_(Y, k, reg, eps, thresh)  # our own buffer: in place
+    out = mod.irfft2(Y.numpy(), s=size, **kw)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def deconv2d(name: str, image, k, reg, eps, thresh):
+    """``torch.ops.deconv_ext.deconv2d`` (adjoint=False) with another FFT library."""
+    return _scipy_deconv2d(image.contiguous(), k, reg, eps, thresh, name)
+
+
+def filter2d(name: str, x, k, conj: bool):
+    """``torch.ops.deconv_ext.filter2d`` with another FFT library."""
+    from ._C import spectral_mul
+
+    mod, kw = _fft_module(name)
+    X = torch.from_numpy(np.ascontiguousarray(mod.rfft2(x.contiguous().numpy(), **kw)))
+    out = mod.irfft2(spectral_mul(X, k, conj).numpy(), s=tuple(x.shape[-2:]), **kw)
+    return torch.from_numpy(np.ascontiguousarray(out))

@@ -1,0 +1,84 @@
+"""CPU FFT backend choice (issue 8): every backend computes the same solve,
+the per-shape choice is cached on disk and reused, bad names are clear."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import deconv_ext as dx
+from deconv_ext import fft_backend
+from oracles import invertible_psf, rel_err
+
+
+@pytest.fixture
+def scratch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(fft_backend, "_choices", {})
+    monkeypatch.setattr(fft_backend, "_loaded", False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("kw", [dict(eps=1e-2), dict(method="pinv"), dict(eps=0.1, reg="laplacian")])
+def test_scipy_backend_equals_torch_backend(gen, monkeypatch, dtype, tol, kw):
+    y = torch.randn(2, 3, 17, 12, generator=gen, dtype=dtype)
+    psf = torch.rand(3, 5, 4, generator=gen, dtype=dtype)
+    plan = dx.DeconvPlan(psf, (17, 12), **kw)
+    x = torch.randn(2, 3, 17, 12, generator=gen, dtype=dtype)
+    monkeypatch.setenv("DECONV_EXT_FFT", "torch")
+    expect = (plan(y), plan.blur(x), plan.adjoint(x))
+    monkeypatch.setenv("DECONV_EXT_FFT", "scipy")
+    got = (plan(y), plan.blur(x), plan.adjoint(x))
+    for a, b in zip(got, expect):
+        assert a.dtype == dtype and a.shape == b.shape
+        assert rel_err(a, b) <= tol
+
+
+def test_scipy_backend_inverts_blur(gen, monkeypatch):
+    monkeypatch.setenv("DECONV_EXT_FFT", "scipy")
+    x = torch.randn(4, 20, 15, generator=gen, dtype=torch.float64)
+    psf = invertible_psf(gen, 5, 3)
+    assert rel_err(dx.deconvolve(dx.convolve(x, psf), psf, method="pinv"), x) <= 1e-10
+
+
+def test_autograd_and_compile_keep_torch_ops(gen, monkeypatch):
+    """With gradients the ops (exact adjoints) run, whatever the FFT switch."""
+    monkeypatch.setenv("DECONV_EXT_FFT", "scipy")
+    y = torch.randn(9, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: dx.deconvolve(a, psf, eps=0.1), (y,))
+
+
+def test_auto_choice_is_measured_once_and_cached(scratch_cache, monkeypatch, gen):
+    monkeypatch.setenv("DECONV_EXT_FFT", "auto")
+    calls = []
+    real = fft_backend._measure
+    monkeypatch.setattr(fft_backend, "_measure", lambda *a: calls.append(a) or real(*a))
+    y = torch.randn(2, 24, 20, generator=gen)
+    psf = torch.rand(3, 3, generator=gen)
+    first = dx.deconvolve(y, psf)
+    second = dx.deconvolve(y, psf)
+    assert len(calls) == 1
+    assert torch.equal(first, second)  # same choice -> bit-identical
+    saved = json.loads((scratch_cache / "deconv_ext" / "fft_choice.json").read_text())
+    assert list(saved.values()) in (["torch"], ["scipy"])
+    # A new process (emulated: empty memory cache) reads the file, measures nothing.
+    monkeypatch.setattr(fft_backend, "_choices", {})
+    monkeypatch.setattr(fft_backend, "_loaded", False)
+    assert torch.equal(dx.deconvolve(y, psf), first)
+    assert len(calls) == 1
+
+
+def test_unknown_or_missing_backend_is_clear(monkeypatch):
+    monkeypatch.setenv("DECONV_EXT_FFT", "fftw3")
+    with pytest.raises(ValueError, match="'fftw3' is not valid.*'auto', 'torch', 'scipy', 'pyfftw'"):
+        dx.deconvolve(torch.rand(8, 8), torch.rand(3, 3))
+    pytest.importorskip("scipy")
+    try:
+        import pyfftw  # noqa: F401
+    except ImportError:
+        monkeypatch.setenv("DECONV_EXT_FFT", "pyfftw")
+        with pytest.raises(ValueError, match="pip install pyfftw"):
+            dx.deconvolve(torch.rand(8, 8), torch.rand(3, 3))
