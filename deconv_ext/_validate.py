@@ -163,3 +163,22 @@ def max_iter(value) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"max_iter={value!r} is not valid; expected None or an int >= 1")
     return int(value)
+
+
+# -- check_finite= (deconvolve / convolve / conv2d_pinv) --
+def finite(name: str, value) -> None:
+    """Raise ``ValueError`` if ``value`` (a floating tensor) holds NaN or +-Inf.
+
+    Anything else (None, a non-tensor, an integer tensor) is left to the other
+    checks, which say what was expected. Costs one pass over the tensor and a
+    device sync; only called when the user asks (``check_finite=True``).
+    """
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return
+    bad = ~torch.isfinite(value.detach())
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(value.detach()).sum())
+        n_inf = int(bad.sum()) - n_nan
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} +-Inf, of "
+                         f"{value.numel()} elements); expected finite values "
+                         f"(check_finite=True)")

@@ -21,7 +21,8 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
                method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
                boundary: str = "circular", rcond: Optional[float] = None, *,
                solver: str = "fft", tol: float = 1e-6, max_iter: Optional[int] = None,
-               taper: Optional[int] = None, precond: str = "auto", return_info: bool = False):
+               taper: Optional[int] = None, precond: str = "auto", return_info: bool = False,
+               check_finite: bool = False):
     """Undo a 2D blur: regularised inverse of ``blurred = image (*) psf``.
 
     Model: a true circular convolution with the PSF's origin at pixel
@@ -89,6 +90,12 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         relative normal-equations residual and convergence flag per image
         plane; 0 iterations for the direct solvers), like
         ``scipy.sparse.linalg.cg``'s ``(x, info)``.
+    check_finite : bool, default False, keyword-only
+        Check ``image``, ``psf`` (and a tensor ``reg``) for NaN/Inf first and
+        raise a ``ValueError`` naming the argument (one extra pass over the
+        data). By default non-finite values are not checked: they propagate
+        as through an FFT, i.e. a single NaN/Inf pixel typically makes the
+        whole output plane (and with a shared PSF only that plane) NaN.
 
     Returns
     -------
@@ -104,7 +111,9 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     ``X = Y / K`` where ``|K| > rcond * sigma_max``, else 0. Zero denominators
     give 0, never NaN. With ``reg="laplacian"`` and ``eps=balance`` this equals
     ``skimage.restoration.wiener(image, psf, balance, clip=False)``.
-    Non-finite values in ``image`` propagate as they would through an FFT.
+    Non-finite values in ``image`` propagate as they would through an FFT
+    (every output pixel of that image plane may become NaN) unless
+    ``check_finite=True``.
 
     References
     ----------
@@ -112,6 +121,10 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     .. [2] H. Sedghi, V. Gupta, P. M. Long, "The Singular Values of
        Convolutional Layers", ICLR 2019.
     """
+    if check_finite:
+        V.finite("image", image)
+        V.finite("psf", psf)
+        V.finite("reg", reg)
     V.image(image)
     V.kernel(psf, image.shape)
     V.same_device("psf", psf, "image", image)
@@ -150,7 +163,8 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     return plan(image)
 
 
-def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular") -> torch.Tensor:
+def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular", *,
+             check_finite: bool = False) -> torch.Tensor:
     """The forward blur ``image (*) psf`` (true convolution, origin ``(kh//2, kw//2)``).
 
     Parameters
@@ -164,11 +178,17 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular")
         equals ``scipy.ndimage.convolve(image, psf, mode=m)`` with ``m`` =
         "wrap", "mirror", "reflect", "nearest", "constant" respectively, and
         is the model that ``deconvolve(..., boundary=b, solver="cg")`` inverts.
+    check_finite : bool, default False, keyword-only
+        Raise a ``ValueError`` naming the argument if ``image`` or ``psf``
+        holds NaN/Inf. By default they propagate as through an FFT.
 
     Returns
     -------
     Tensor (..., H, W) in the image's dtype.
     """
+    if check_finite:
+        V.finite("image", image)
+        V.finite("psf", psf)
     V.image(image)
     V.kernel(psf, image.shape)
     V.same_device("psf", psf, "image", image)
@@ -190,7 +210,7 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                 padding_mode: str = "circular", eps: float = 0.0,
                 rcond: Optional[float] = None, *, solver: Optional[str] = None,
                 tol: float = 1e-6, max_iter: Optional[int] = None, precond: str = "auto",
-                return_info: bool = False):
+                return_info: bool = False, check_finite: bool = False):
     """Pseudo-inverse (or Tikhonov inverse) of a stride-1 ``F.conv2d`` layer.
 
     Forward model: ``output = F.conv2d(F.pad(input, pads, mode="circular"),
@@ -215,6 +235,10 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         (:func:`deconv_ext.solvers.conv2d_exact`): the Tikhonov problem
         ``min ||conv(x) - (output - bias)||^2 + eps ||x||^2``, or for
         ``eps = 0`` its minimum-norm least-squares solution.
+    check_finite : bool, default False, keyword-only
+        Raise a ``ValueError`` naming the argument if ``output``, ``weight``
+        or ``bias`` holds NaN/Inf. By default non-finite values propagate as
+        through an FFT (the affected samples' outputs become NaN).
     solver : {None, "fft", "cg"}, keyword-only
         None: "fft" for circular "same" (the exact per-frequency solve), "cg"
         otherwise. "fft" with another padding_mode: the padded fast
@@ -248,6 +272,10 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     element-wise; other layers by :class:`deconv_ext.multichannel.MultiChannelPlan`
     (memory rule and fused C++ channel mixing documented there).
     """
+    if check_finite:
+        V.finite("output", output)
+        V.finite("weight", weight)
+        V.finite("bias", bias)
     V.image(output, "output")
     if output.dim() not in (3, 4):
         raise ValueError(f"output has shape {tuple(output.shape)}; expected (N, C_out, H, W) or "
