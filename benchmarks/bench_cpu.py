@@ -8,8 +8,13 @@ eps=1e-2), times side by side in one process:
   filter recomputed per call);
 * ``torch/call``: the correct torch version, filter computed per call;
 * ``torch/cached``: the correct torch version with a cached filter;
-* ``deconvolve``: this library, one-shot;
-* ``plan``: this library, ``DeconvPlan`` built once.
+* ``scipy round trip``: the same round trip with ``scipy.fft`` (pocketfft);
+* ``deconvolve``: this library, one-shot (repeated calls reuse a plan cached
+  by the PSF's content);
+* ``plan``: this library, ``DeconvPlan`` built once, with the FFT library
+  chosen per shape (``FFT chosen``; ``DECONV_EXT_FFT=auto``);
+* ``plan (torch.fft)``: the same plan forced onto torch.fft (what compiled
+  and autograd calls use).
 
 Then the fused C++ spectral solve alone on a 16x3x512x257 complex64 spectrum,
 against the torch expression computing the same filter per call and against
@@ -33,8 +38,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import machine_line, markdown_table, median_times, today  # noqa: E402
 
+import scipy.fft as scipy_fft  # noqa: E402
+
 import deconv_ext as dx  # noqa: E402
-from deconv_ext import spectral  # noqa: E402
+from deconv_ext import fft_backend, spectral  # noqa: E402
 
 SHAPES = [(1, 1, 512, 512), (1, 1, 2048, 2048), (8, 3, 256, 256), (64, 1, 128, 128),
           (16, 3, 512, 512)]
@@ -75,22 +82,40 @@ def bench_shapes(rounds: int):
         size = shape[-2:]
         G = torch_filter(psf, size)
         plan = dx.DeconvPlan(psf, size, eps=EPS)
+        xn = x.numpy()
+        workers = torch.get_num_threads()
+        choice = fft_backend.choose(tuple(x.shape), x.dtype)  # measured once, cached
         n = rounds if x.numel() < 4e6 else max(5, rounds // 2)
+
+        def torch_fft(fn):
+            def run():
+                fft_backend.set_backend("torch")
+                try:
+                    return fn()
+                finally:
+                    fft_backend.set_backend(None)
+            return run
+
         t = median_times({
             "round trip": lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=size),
+            "scipy round trip": lambda: scipy_fft.irfft2(scipy_fft.rfft2(xn, workers=workers),
+                                                         s=size, workers=workers),
             "seed": lambda: seed_formula(x, psf),
             "torch/call": lambda: torch_per_call(x, psf),
             "torch/cached": lambda: torch.fft.irfft2(torch.fft.rfft2(x) * G, s=size),
             "deconvolve": lambda: dx.deconvolve(x, psf, eps=EPS),
             "plan": lambda: plan(x),
+            "plan (torch.fft)": torch_fft(lambda: plan(x)),
         }, rounds=n)
         base = t["round trip"]
         name = "x".join(map(str, shape[:2])) + f"x{shape[2]}²"
-        raw[name] = t
+        raw[name] = dict(t, fft_choice=choice)
         rows.append([name, f"{base * 1e3:.2f} ms"] + [f"{t[k] / base:.2f}" for k in
-                     ("seed", "torch/call", "torch/cached", "deconvolve", "plan")]
-                    + [f"{t['seed'] / t['deconvolve']:.1f}x"])
-    header = ["shape", "round trip", "seed", "torch/call", "torch/cached", "deconvolve", "plan",
+                     ("scipy round trip", "seed", "torch/call", "torch/cached", "deconvolve",
+                      "plan", "plan (torch.fft)")]
+                    + [choice, f"{t['seed'] / t['deconvolve']:.1f}x"])
+    header = ["shape", "torch round trip", "scipy round trip", "seed", "torch/call",
+              "torch/cached", "deconvolve", "plan", "plan (torch.fft)", "FFT chosen",
               "deconvolve vs seed"]
     return markdown_table(header, rows), raw
 
@@ -102,15 +127,17 @@ def bench_solve(rounds: int):
     K = torch.randn(512, 257, generator=gen, dtype=torch.complex64)
     G = K.conj() / (K.abs() ** 2 + EPS)
     thr = torch.zeros((), dtype=torch.float32)
-    Ys = [Y.clone() for _ in range(2)]  # the in-place multiply works on its own copy
+    Ys = [Y.clone() for _ in range(2)]  # the in-place ones work on their own copies
     op = torch.ops.deconv_ext.spectral_solve
+    op_ = torch.ops.deconv_ext.spectral_solve_
     t = median_times({
+        "fused C++ solve, in place": lambda: op_(Ys[1], K, None, EPS, thr),
         "fused C++ solve": lambda: op(Y, K, None, EPS, thr),
         "torch expression": lambda: K.conj() * Y / (K.abs() ** 2 + EPS),
         "Y.mul_(G)": lambda: Ys[0].mul_(G),
         "Y * G": lambda: Y * G,
     }, rounds=rounds)
-    f = t["fused C++ solve"]
+    f = t["fused C++ solve, in place"]
     rows = [[k, f"{v * 1e3:.2f} ms", f"{v / f:.2f}"] for k, v in t.items()]
     return markdown_table(["16x3x512x257 complex64", "median", "/ fused"], rows), t
 

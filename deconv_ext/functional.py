@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
-from . import backend, multichannel, reference, solvers
+from . import backend, multichannel, plan_cache, reference, solvers
 from .plan import DeconvPlan
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_opnorm",
@@ -158,8 +158,11 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     if backend.selected() == "torch":
         return reference.deconvolve(image, psf, eps=eps, method=method, reg=reg, rcond=rcond)
     dtype = reference.compute_dtype(image.dtype)
-    plan = DeconvPlan(psf.to(dtype), tuple(image.shape[-2:]), eps=eps, method=method, reg=reg,
-                      rcond=rcond, dtype=dtype)
+    size = tuple(image.shape[-2:])
+    plan = plan_cache.cached_plan(
+        psf, (size, dtype, eps, method, reg, rcond),
+        lambda: DeconvPlan(psf.to(dtype), size, eps=eps, method=method, reg=reg, rcond=rcond,
+                           dtype=dtype))
     return plan(image)
 
 

@@ -82,3 +82,30 @@ def test_unknown_or_missing_backend_is_clear(monkeypatch):
         monkeypatch.setenv("DECONV_EXT_FFT", "pyfftw")
         with pytest.raises(ValueError, match="pip install pyfftw"):
             dx.deconvolve(torch.rand(8, 8), torch.rand(3, 3))
+
+
+def test_one_shot_plans_are_cached_by_psf_content(gen, monkeypatch):
+    from deconv_ext import plan_cache
+
+    plan_cache.clear()
+    built = []
+    real_init = dx.DeconvPlan.__init__
+
+    def counting_init(self, *a, **k):
+        built.append(1)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(dx.DeconvPlan, "__init__", counting_init)
+    y = torch.randn(3, 16, 14, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    a = dx.deconvolve(y, psf, eps=1e-2)
+    b = dx.deconvolve(y, psf.clone(), eps=1e-2)  # same content, another tensor
+    assert len(built) == 1 and torch.equal(a, b)
+    dx.deconvolve(y, psf, eps=2e-2)  # another eps: another plan
+    assert len(built) == 2
+    psf.mul_(2)  # refilled in place: the content changed, so must the result
+    c = dx.deconvolve(y, psf, eps=1e-2)
+    assert len(built) == 3
+    monkeypatch.setenv("DECONV_EXT_BACKEND", "torch")
+    assert rel_err(c, dx.deconvolve(y, psf, eps=1e-2)) <= 1e-12
+    plan_cache.clear()

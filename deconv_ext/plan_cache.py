@@ -1,0 +1,63 @@
+"""A small cache of plans for repeated one-shot calls with the same small PSF.
+
+``deconvolve(image, psf)`` builds a plan (the PSF's spectrum at the image
+size: an FFT as large as the image) on every call. A pipeline that deblurs
+frame after frame with the same PSF would pay that each time; so plans are
+kept, keyed by the PSF's *content* (its bytes, not its identity: a tensor
+refilled in place gives a new key), shape, dtype and device, and by every
+other argument. Only eager calls with small float PSFs and scalar
+hyper-parameters are cached: under autograd or ``torch.compile`` the plan
+must be built in the graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable, Optional
+
+import torch
+
+__all__ = ["cached_plan", "clear", "MAX_PLANS", "MAX_PSF_ELEMENTS"]
+
+MAX_PLANS = 16
+MAX_PSF_ELEMENTS = 1 << 16  # hashing a larger PSF costs more than it saves
+
+_lock = threading.Lock()
+_plans: "OrderedDict[Hashable, object]" = OrderedDict()
+
+
+def clear() -> None:
+    """Forget every cached plan."""
+    with _lock:
+        _plans.clear()
+
+
+def _key(psf: torch.Tensor, extra: tuple) -> Optional[Hashable]:
+    if (torch.compiler.is_compiling() or psf.requires_grad or psf.device.type != "cpu"
+            or psf.numel() > MAX_PSF_ELEMENTS):
+        return None
+    for v in extra:
+        if isinstance(v, torch.Tensor):
+            return None  # tensor eps / reg: not worth hashing, may carry gradients
+    raw = psf.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
+    digest = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16)
+    return (digest.hexdigest(), tuple(psf.shape), psf.dtype, psf.device) + extra
+
+
+def cached_plan(psf: torch.Tensor, extra: tuple, build: Callable[[], object]):
+    """The plan for ``(psf, *extra)``: from the cache when possible, else ``build()``."""
+    key = _key(psf, extra)
+    if key is None:
+        return build()
+    with _lock:
+        plan = _plans.get(key)
+        if plan is not None:
+            _plans.move_to_end(key)
+            return plan
+    plan = build()  # outside the lock: builds of different PSFs run concurrently
+    with _lock:
+        _plans[key] = plan
+        while len(_plans) > MAX_PLANS:
+            _plans.popitem(last=False)
+    return plan
