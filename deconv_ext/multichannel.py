@@ -293,6 +293,8 @@ def batched_linalg(fn, K: torch.Tensor):
     ``fn`` returns a tensor or a tuple of tensors, each with K's batch dims
     leading.
     """
+    if torch.compiler.is_compiling():
+        return fn(K)  # traced: the compiler schedules it; no Python threads in a graph
     threads = torch.get_num_threads()
     batch = K.shape[:-2]
     nb = math.prod(batch)

@@ -257,6 +257,24 @@ def test_repeated_compiles_keep_exact_gradients(gen):
         assert all(rel_err(a, b) <= 1e-12 for a, b in zip(got, expect))
 
 
+def test_compile_multichannel_conv2d_pinv_gradients(gen):
+    """A general (channel-mixing) layer, plan built inside the compiled function."""
+    w = _leaf(torch.rand(3, 2, 3, 3, generator=gen, dtype=torch.float64) + 0.2)
+    y = _leaf(torch.randn(2, 3, 10, 9, generator=gen, dtype=torch.float64))
+
+    def f(yy, ww):
+        return dx.conv2d_pinv(yy, ww, eps=1e-2)
+
+    def grads(fn):
+        return torch.autograd.grad(fn(y, w).square().sum(), (y, w))
+
+    expect = grads(f)
+    for _ in range(2):  # the second compile in a process too
+        torch._dynamo.reset()
+        got = grads(torch.compile(f, fullgraph=True))
+        assert all(rel_err(a, b) <= 1e-10 for a, b in zip(got, expect))
+
+
 def test_compile_plan_and_conv2d_pinv(gen, fresh_dynamo):
     C = 3
     w = torch.stack([invertible_psf(gen, 3, 2) for _ in range(C)])[:, None]
