@@ -55,7 +55,7 @@ import torch
 from . import _ops
 from . import _validate as V
 from . import backend, reference, spectral
-from .plan import DeconvPlan
+from .plan import DeconvPlan, to_args
 
 __all__ = [
     "DEFAULT_MAX_FILTER_BYTES",
@@ -586,7 +586,9 @@ class MultiChannelPlan(DeconvPlan):
                    rcond=rcond)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "MultiChannelPlan":
-        """A copy of the plan on another device and/or computation dtype (rebuilt)."""
+        """A copy of the plan on another device and/or computation dtype (rebuilt);
+        called like ``Tensor.to`` (see :meth:`DeconvPlan.to`)."""
+        device, dtype = to_args(device, dtype)
         new = object.__new__(type(self))
         new.__dict__.update(self.__getstate__())
         new.dtype = dtype or self.dtype
@@ -595,15 +597,9 @@ class MultiChannelPlan(DeconvPlan):
         new._build()
         return new
 
-    def __getstate__(self):
-        # G and K are derived: store the definition, rebuild on load.
-        keys = ("image_size", "groups", "dilation", "c_out", "c_in", "dtype", "method", "eps",
-                "rcond", "max_filter_bytes", "weight", "bias")
-        return {k: self.__dict__[k] for k in keys}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._build()
+    # G and K are derived; DeconvPlan's __getstate__/__setstate__ store these.
+    _STATE_KEYS = ("image_size", "groups", "dilation", "c_out", "c_in", "dtype", "method", "eps",
+                   "rcond", "max_filter_bytes", "weight", "bias")
 
     def __repr__(self) -> str:
         return (f"MultiChannelPlan(weight={tuple(self.weight.shape)}, image_size={self.image_size}, "

@@ -181,14 +181,7 @@ class DeconvPlan:
         plan is as accurate as a plan built in float64 from the float32 PSF.
         float16/bfloat16 give a float32 plan (the dtype such images compute in).
         """
-        if isinstance(device, torch.dtype) and dtype is None:
-            device, dtype = None, device  # plan.to(torch.float64), as Tensor.to
-        if dtype is not None:
-            if not isinstance(dtype, torch.dtype) or dtype not in V.FLOAT_DTYPES:
-                raise TypeError(f"dtype={dtype!r} is not valid; expected a real floating "
-                                f"torch.dtype (float32/float64; float16/bfloat16 compute in "
-                                f"float32)")
-            dtype = spectral.compute_dtype(dtype)
+        device, dtype = to_args(device, dtype)
         new = object.__new__(DeconvPlan)
         new.__dict__.update(self.__dict__)
         new.dtype = dtype or self.dtype
@@ -202,11 +195,13 @@ class DeconvPlan:
         new._build()
         return new
 
+    # What defines a plan; everything else (spectra, thresholds) is derived.
+    _STATE_KEYS = ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps",
+                   "boundary", "taper", "geometry", "fft_size")
+
     def __getstate__(self):
-        # Spectra are derived: store the definition, rebuild on load.
-        return {k: self.__dict__[k] for k in
-                ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps",
-                 "boundary", "taper", "geometry", "fft_size") if k in self.__dict__}
+        # Store the definition, rebuild the derived spectra on load.
+        return {k: self.__dict__[k] for k in self._STATE_KEYS if k in self.__dict__}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -298,6 +293,23 @@ class DeconvPlan:
         x = reference.deconvolve(y, self.psf, eps=self.eps, method=self.method, reg=self.reg,
                                  rcond=self.rcond)
         return x.to(image.dtype)
+
+
+def to_args(device, dtype):
+    """``(device, dtype)`` of a ``plan.to(...)`` call, parsed like ``Tensor.to``.
+
+    ``plan.to(torch.float64)`` passes the dtype positionally; float16/bfloat16
+    give float32 (the dtype such images compute in).
+    """
+    if isinstance(device, torch.dtype) and dtype is None:
+        device, dtype = None, device
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or dtype not in V.FLOAT_DTYPES:
+            raise TypeError(f"dtype={dtype!r} is not valid; expected a real floating "
+                            f"torch.dtype (float32/float64; float16/bfloat16 compute in "
+                            f"float32)")
+        dtype = spectral.compute_dtype(dtype)
+    return device, dtype
 
 
 def _depthwise_psf(weight: torch.Tensor, groups: int, dilation: Tuple[int, int],

@@ -14,6 +14,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker gets one core's worth of intra-op threads: two workers
+    # with two OpenMP threads each on a 2-core machine stall at every barrier
+    # (tiny-tensor tests ran ~20x slower). Tests that need more set it locally.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
