@@ -21,6 +21,7 @@ run, so that the compiled graph and the backward stay opaque, exact adjoints.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -77,14 +78,19 @@ def cache_path() -> str:
     return os.path.join(root, "deconv_ext", "fft_choice.json")
 
 
-def _machine_key() -> str:
-    cpu = platform.machine()
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                        platform.machine())
     except OSError:
-        pass
-    return f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+        return platform.machine()
+
+
+def _machine_key() -> str:
+    # The thread count is read per call: a choice holds for one thread count.
+    return f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _load() -> None:
