@@ -41,6 +41,41 @@ at::Tensor irfft2_backward(const at::Tensor& grad) {
   return G;
 }
 
+// Rows of dim 0 per chunk: at least one, else about kChunkElements elements.
+// Solving a batch chunk by chunk bounds the FFT temporaries (torch's batched
+// irfft2 holds two spectrum-sized buffers besides the output: 3x the input
+// in all for a large batch) to a few MB, at no cost in speed.
+constexpr int64_t kChunkElements = int64_t(1) << 18;
+
+int64_t chunk_rows(const at::Tensor& x) {
+  if (x.dim() < 3 || x.size(0) <= 1) return std::max<int64_t>(x.dim() < 3 ? 1 : x.size(0), 1);
+  const int64_t per_row = x.numel() / x.size(0);
+  return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(per_row, 1));
+}
+
+// The slice of an operand broadcast against x along x's dim 0.
+c10::optional<at::Tensor> rows_of(const c10::optional<at::Tensor>& t, const at::Tensor& x,
+                                  int64_t start, int64_t len) {
+  if (!t.has_value() || !t->defined()) return t;
+  // Only a batch dim is sliced: a 2D image's dim 0 is its height.
+  if (x.dim() >= 3 && t->dim() == x.dim() && t->size(0) == x.size(0) && x.size(0) > 1)
+    return t->narrow(0, start, len);
+  return t;
+}
+
+// out[rows] = fn(x[rows], operands[rows]) chunk by chunk along dim 0.
+template <typename Fn>
+at::Tensor by_chunks(const at::Tensor& x, Fn fn) {
+  const int64_t step = chunk_rows(x);
+  if (x.dim() < 3 || step >= x.size(0)) return fn(x, 0, x.dim() < 3 ? 1 : x.size(0));
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  for (int64_t start = 0; start < x.size(0); start += step) {
+    const int64_t len = std::min(step, x.size(0) - start);
+    out.narrow(0, start, len).copy_(fn(x.narrow(0, start, len), start, len));
+  }
+  return out;
+}
+
 }  // namespace
 
 at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
@@ -48,13 +83,18 @@ at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
                     bool adjoint) {
   check_real_image(image, "image", k);
   if (image.numel() == 0) return at::empty_like(image);
-  at::Tensor Y = at::fft_rfft2(image);
-  if (adjoint) {
-    Y = spectral_solve_adjoint(Y, k, reg, eps, thresh);
-  } else {
-    spectral_solve_(Y, k, reg, eps, thresh);  // Y is ours: solve in place
-  }
-  return irfft2_like(Y, image);
+  return by_chunks(image, [&](const at::Tensor& x, int64_t start, int64_t len) {
+    const at::Tensor kc = *rows_of(k, image, start, len);
+    const auto rc = rows_of(reg, image, start, len);
+    const at::Tensor tc = *rows_of(thresh, image, start, len);
+    at::Tensor Y = at::fft_rfft2(x);
+    if (adjoint) {
+      Y = spectral_solve_adjoint(Y, kc, rc, eps, tc);
+    } else {
+      spectral_solve_(Y, kc, rc, eps, tc);  // Y is ours: solve in place
+    }
+    return irfft2_like(Y, x);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const at::Tensor& image,
@@ -76,7 +116,9 @@ std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const
 at::Tensor filter2d(const at::Tensor& x, const at::Tensor& k, bool conj) {
   check_real_image(x, "x", k);
   if (x.numel() == 0) return at::empty_like(x);
-  return irfft2_like(spectral_mul(at::fft_rfft2(x), k, conj), x);
+  return by_chunks(x, [&](const at::Tensor& xc, int64_t start, int64_t len) {
+    return irfft2_like(spectral_mul(at::fft_rfft2(xc), *rows_of(k, x, start, len), conj), xc);
+  });
 }
 
 at::Tensor filter2d_grad_k(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef k_shape,
