@@ -169,20 +169,48 @@ def _fft_module(name: str):
     return pf, {"threads": _workers()}
 
 
+# As csrc/pipeline.cpp: a batch is transformed chunk by chunk along dim 0, so
+# the FFT temporaries stay a few MB whatever the batch.
+CHUNK_ELEMENTS = 1 << 18
+
+
+def _by_chunks(x: torch.Tensor, operands, fn) -> torch.Tensor:
+    """``fn(x[rows], *operands[rows])`` for chunks of dim 0, into one output.
+
+    An operand is sliced with its sample when it has x's dims and batch size
+    (a per-sample kernel); otherwise it broadcasts as it is.
+    """
+    if x.dim() < 3 or x.shape[0] <= 1:
+        return fn(x, *operands)
+    step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
+    if step >= x.shape[0]:
+        return fn(x, *operands)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for start in range(0, x.shape[0], step):
+        rows = slice(start, start + step)
+        ops = [t[rows] if isinstance(t, torch.Tensor) and t.dim() == x.dim()
+               and t.shape[0] == x.shape[0] else t for t in operands]
+        out[rows] = fn(x[rows], *ops)
+    return out
+
+
 def _scipy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
     from ._C import spectral_solve_
 
     mod, kw = _fft_module(name)
     size = tuple(image.shape[-2:])
-    Y = torch.from_numpy(np.ascontiguousarray(mod.rfft2(image.numpy(), **kw)))
-    spectral_solve_(Y, k, reg, eps, thresh)  # our own buffer: in place
-    out = mod.irfft2(Y.numpy(), s=size, **kw)
-    return torch.from_numpy(np.ascontiguousarray(out))
+
+    def solve(x, k, reg, thresh):
+        Y = torch.from_numpy(np.ascontiguousarray(mod.rfft2(x.numpy(), **kw)))
+        spectral_solve_(Y, k, reg, eps, thresh)  # our own buffer: in place
+        return torch.from_numpy(np.ascontiguousarray(mod.irfft2(Y.numpy(), s=size, **kw)))
+
+    return _by_chunks(image.contiguous(), (k, reg, thresh), solve)
 
 
 def deconv2d(name: str, image, k, reg, eps, thresh):
     """``torch.ops.deconv_ext.deconv2d`` (adjoint=False) with another FFT library."""
-    return _scipy_deconv2d(image.contiguous(), k, reg, eps, thresh, name)
+    return _scipy_deconv2d(image, k, reg, eps, thresh, name)
 
 
 def filter2d(name: str, x, k, conj: bool):
@@ -190,6 +218,11 @@ def filter2d(name: str, x, k, conj: bool):
     from ._C import spectral_mul
 
     mod, kw = _fft_module(name)
-    X = torch.from_numpy(np.ascontiguousarray(mod.rfft2(x.contiguous().numpy(), **kw)))
-    out = mod.irfft2(spectral_mul(X, k, conj).numpy(), s=tuple(x.shape[-2:]), **kw)
-    return torch.from_numpy(np.ascontiguousarray(out))
+    size = tuple(x.shape[-2:])
+
+    def apply(xc, k):
+        X = torch.from_numpy(np.ascontiguousarray(mod.rfft2(xc.numpy(), **kw)))
+        return torch.from_numpy(np.ascontiguousarray(
+            mod.irfft2(spectral_mul(X, k, conj).numpy(), s=size, **kw)))
+
+    return _by_chunks(x.contiguous(), (k,), apply)
