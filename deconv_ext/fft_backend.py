@@ -88,9 +88,15 @@ def _cpu_name() -> str:
         return platform.machine()
 
 
+# Bumped whenever the pipelines change in a way that can change which FFT
+# wins (e.g. chunked batches): older measurements are then ignored.
+_PIPELINE_VERSION = 2
+
+
 def _machine_key() -> str:
     # The thread count is read per call: a choice holds for one thread count.
-    return f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return (f"v{_PIPELINE_VERSION}|{_cpu_name()}|torch {torch.__version__}|"
+            f"{torch.get_num_threads()} threads")
 
 
 def _load() -> None:
