@@ -198,14 +198,14 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular",
     _check_boundary(boundary)
     if image.numel() == 0:
         return torch.empty_like(image)
-    if boundary != "circular":
-        dtype = reference.compute_dtype(image.dtype)
-        return DeconvPlan(psf.to(dtype), tuple(image.shape[-2:]), method="pinv", dtype=dtype,
-                          boundary=boundary).blur(image)
-    if backend.selected() == "torch":
+    if boundary == "circular" and backend.selected() == "torch":
         return reference.convolve(image, psf)
     dtype = reference.compute_dtype(image.dtype)
-    return DeconvPlan(psf.to(dtype), tuple(image.shape[-2:]), method="pinv", dtype=dtype).blur(image)
+    size = tuple(image.shape[-2:])
+    plan = plan_cache.cached_plan(
+        psf, ("blur", size, dtype, boundary),
+        lambda: DeconvPlan(psf.to(dtype), size, method="pinv", dtype=dtype, boundary=boundary))
+    return plan.blur(image)
 
 
 def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
