@@ -162,7 +162,8 @@ class DeconvPlan:
         if not (groups == weight.shape[0] and weight.shape[1] == 1):
             return MultiChannelPlan(weight, size, groups=groups, dilation=dil, bias=bias, eps=eps,
                                     rcond=rcond)
-        psf = _depthwise_psf(weight, groups, dil, size)
+        # Depthwise: one image-convention PSF per channel, solved element-wise.
+        psf = spectral.conv2d_kernel_as_psf(weight[:, 0], dil)
         plan = cls(psf, size, eps=eps, method="tikhonov", reg=None, rcond=rcond)
         if bias is not None:
             if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
@@ -310,29 +311,3 @@ def to_args(device, dtype):
                             f"float32)")
         dtype = spectral.compute_dtype(dtype)
     return device, dtype
-
-
-def _depthwise_psf(weight: torch.Tensor, groups: int, dilation: Tuple[int, int],
-                   size: Tuple[int, int]) -> torch.Tensor:
-    """Check a depthwise conv weight and return its image-convention PSF (C, Dh, Dw)."""
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() != 4:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected 4 dims "
-                         f"(C_out, C_in / groups, kh, kw)")
-    if weight.dtype not in V.FLOAT_DTYPES:
-        raise TypeError(f"weight has dtype {weight.dtype}; expected a real floating dtype")
-    c_out, c_in_g = weight.shape[:2]
-    if not isinstance(groups, int) or groups < 1 or c_out % groups:
-        raise ValueError(f"groups={groups!r} is not valid for weight of shape {tuple(weight.shape)}; "
-                         f"expected a positive int dividing C_out={c_out}")
-    if not (groups == c_out and c_in_g == 1):
-        raise NotImplementedError(
-            f"conv2d_pinv of a weight of shape {tuple(weight.shape)} with groups={groups}: only "
-            f"depthwise layers (groups == C_in == C_out, weight (C, 1, kh, kw)) are supported "
-            f"by this plan type")
-    psf = spectral.conv2d_kernel_as_psf(weight[:, 0], dilation)
-    if psf.shape[-2] > size[0] or psf.shape[-1] > size[1]:
-        raise ValueError(f"the dilated kernel ({psf.shape[-2]}x{psf.shape[-1]}) is larger than "
-                         f"input_size {size}")
-    return psf
