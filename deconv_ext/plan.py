@@ -243,20 +243,21 @@ class DeconvPlan:
         y = y.to(self.dtype)
         args = (self.spectrum, self._reg_op, self._eps_op, self.thresh)
         fft = self._cpu_fft(y, *args)
-        if fft != "torch":
+        if fft is not None:
             return fft_backend.deconv2d(fft, y, *args).to(image.dtype)
         x = backend.kernels(image.device).deconv2d(y, *args, False)
         return x.to(image.dtype)
 
-    def _cpu_fft(self, x: torch.Tensor, *tensors) -> str:
-        """The FFT library for this call: torch.fft unless an eager CPU call
-        without autograd, where the measured per-shape choice applies."""
+    def _cpu_fft(self, x: torch.Tensor, *tensors) -> Optional[str]:
+        """The FFT library of an eager CPU call without autograd (the measured
+        per-shape choice), or None: then the ops run (compiled graphs,
+        autograd, CUDA, a forced backend)."""
         if (x.device.type != "cpu" or torch.compiler.is_compiling()
                 or backend.selected() != "cpp"):
-            return "torch"
+            return None
         if torch.is_grad_enabled() and any(
                 isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *tensors)):
-            return "torch"
+            return None
         return fft_backend.choose(tuple(x.shape), x.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,7 @@ class DeconvPlan:
             out = torch.fft.ifft2((K.conj() if conj else K) * torch.fft.fft2(xc)).real
         else:
             fft = self._cpu_fft(xc, self.spectrum)
-            if fft != "torch":
+            if fft is not None:
                 out = fft_backend.filter2d(fft, xc, self.spectrum, conj)
             else:
                 out = backend.kernels(x.device).filter2d(xc, self.spectrum, conj)
