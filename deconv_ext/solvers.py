@@ -10,22 +10,26 @@
   ``M = A_c^T A_c + eps R_c^T R_c`` for the circulant (FFT) or Neumann
   (DCT-II) approximation ``A_c`` of ``A``;
 * :func:`dct2`, :func:`idct2`: orthonormal 2D DCT-II and its inverse on
-  ``torch.fft`` (Makhoul's reordering: one real FFT of the same length per
-  axis), equal to ``scipy.fft.dctn(x, norm="ortho")``;
+  ``torch.fft`` (Makhoul's reordering in 2D: one ``rfft2`` / ``irfft2`` at the
+  image size), equal to ``scipy.fft.dctn(x, norm="ortho")``;
 * :func:`dct_deconvolve`: the direct, exact solve of the symmetric-boundary
   (Neumann) blur by a PSF that is symmetric in each axis, which the DCT-II
-  diagonalises.
+  diagonalises (its filter cached per PSF content; eager CPU calls without
+  autograd use pocketfft's native DCTs through ``scipy.fft``).
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
-from . import spectral
+from . import plan_cache, spectral
 
 __all__ = [
     "SolveInfo",
@@ -87,43 +91,66 @@ def _ortho_scale(n: int, dtype, device) -> torch.Tensor:
     return f
 
 
-def _dct_last(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal DCT-II along the last dim.
+def _makhoul_order(n: int) -> torch.Tensor:
+    """``perm`` with ``v = x[perm] = (x0, x2, x4, ..., x5, x3, x1)``."""
+    return torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2).flip(0)])
 
-    Makhoul: with ``v = (x0, x2, x4, ..., x5, x3, x1)`` and ``V = fft(v)``,
-    ``sum_n x[n] cos(pi k (2n + 1) / 2N) = Re(exp(-i pi k / 2N) V[k])``. ``v``
-    is real, so ``rfft`` gives half of ``V`` and Hermitian symmetry the rest.
+
+def _dct_tables_build(H: int, W: int, dtype: torch.dtype, device) -> dict:
+    """Index and twiddle tables of the 2D Makhoul DCT-II / DCT-III at (H, W).
+
+    Built in float64 and rounded once to ``dtype``.
     """
-    n = x.shape[-1]
-    v = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
-    vh = torch.fft.rfft(v)
-    V = torch.cat([vh, vh[..., 1:(n + 1) // 2].flip(-1).conj()], dim=-1)
-    k = torch.arange(n, dtype=x.dtype, device=x.device)
-    w = torch.polar(torch.ones_like(k), -math.pi * k / (2 * n))
-    return 2 * (w * V).real * _ortho_scale(n, x.dtype, x.device)
+    f64 = torch.float64
+    Wh = W // 2 + 1
+    ph, pw = _makhoul_order(H), _makhoul_order(W)
+    perm = (ph[:, None] * W + pw[None, :]).reshape(-1)            # v = x.flat[perm]
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(H * W)                               # x = v.flat[inv]
+    k = torch.arange(H, dtype=f64)
+    l_ = torch.arange(Wh, dtype=f64)
+    th = math.pi * k / (2 * H)
+    tw = math.pi * l_ / (2 * W)
+    sh = _ortho_scale(H, f64, "cpu")
+    sw = _ortho_scale(W, f64, "cpu")[:Wh]
+    scale = 2 * sh[:, None] * sw[None, :]
+    # Forward: 4 s_h s_w sum x cos cos = Re/Im of G1 V[k, l] + G2 conj(V[-k, l]).
+    g1 = torch.polar(scale, -(th[:, None] + tw[None, :]))
+    g2 = torch.polar(scale, -(th[:, None] - tw[None, :]))
+    # Inverse: with S = X / (4 c_h c_w) after scaling row 0 and column 0 by sqrt(2)
+    # (c = sqrt(1 / 2N): the scale of every index but 0),
+    # V[k, l] = e^{i(th + tw)} (S[k, l] - S[H-k, W-l] - i (S[H-k, l] + S[k, W-l])).
+    amp = torch.full((H, Wh), math.sqrt(H * W) / 2, dtype=f64)    # 1 / (4 c_h c_w)
+    t_inv = torch.polar(amp, th[:, None] + tw[None, :])
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    return {
+        "perm": perm.to(device), "inv": inv.to(device),
+        "negk": ((-torch.arange(H)) % H).to(device),              # V[-k]
+        "rev_h": (H - torch.arange(H)).to(device),                # rows H, H-1, ..., 1 of the padded X
+        "rev_w": (W - torch.arange(Wh)).to(device),               # cols W, W-1, ..., W-Wh+1
+        "g1": g1.to(device=device, dtype=cdtype), "g2": g2.to(device=device, dtype=cdtype),
+        "t_inv": t_inv.to(device=device, dtype=cdtype),
+    }
 
 
-def _idct_last(X: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_dct_last` (orthonormal DCT-III) along the last dim.
+_dct_tables_cached = functools.lru_cache(maxsize=32)(_dct_tables_build)
 
-    ``V[k] = exp(i pi k / 2N) (X[k] - i X[N - k]) / 2`` (``X[N] = 0``) is the
-    FFT of the reordered ``v``; only ``k <= N / 2`` is needed for ``irfft``.
-    """
-    n = X.shape[-1]
-    xu = X / _ortho_scale(n, X.dtype, X.device)
-    h = n // 2 + 1
-    k = torch.arange(h, dtype=X.dtype, device=X.device)
-    x_rev = torch.cat([xu[..., :1] * 0, xu[..., 1:].flip(-1)], dim=-1)[..., :h]  # X[N - k]
-    V = 0.5 * torch.polar(torch.ones_like(k), math.pi * k / (2 * n)) * torch.complex(xu[..., :h], -x_rev)
-    v = torch.fft.irfft(V, n=n)
-    out = torch.empty_like(v)
-    out[..., ::2] = v[..., :(n + 1) // 2]
-    out[..., 1::2] = v[..., (n + 1) // 2:].flip(-1)
-    return out
+
+def _dct_tables(H: int, W: int, dtype: torch.dtype, device: torch.device) -> dict:
+    if torch.compiler.is_compiling():
+        return _dct_tables_build(H, W, dtype, device)
+    return _dct_tables_cached(H, W, dtype, torch.device(device))
 
 
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2D DCT-II over the last two dims: ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``.
+
+    2D Makhoul: one gather (rows and columns even-then-odd-reversed), one
+    ``rfft2`` at (H, W) and a 2D twiddle. With ``V`` the full DFT of the
+    reordered ``v``, ``sum x cos(a_k) cos(b_l) = Re(e^{-i th_k} (e^{-i tw_l}
+    V[k, l] + e^{i tw_l} V[k, -l])) / 2`` and ``V[k, -l] = conj(V[-k, l])``:
+    columns ``l <= W / 2`` are the real part of that sum, and columns ``W - l``
+    minus the imaginary part of the difference, all from the half spectrum.
 
     Parameters
     ----------
@@ -133,12 +160,42 @@ def dct2(x: torch.Tensor) -> torch.Tensor:
     -------
     Tensor (..., H, W)
     """
-    return _dct_last(_dct_last(x).transpose(-1, -2)).transpose(-1, -2)
+    H, W = x.shape[-2:]
+    Wh = W // 2 + 1
+    t = _dct_tables(H, W, x.dtype, x.device)
+    v = x.reshape(*x.shape[:-2], H * W).index_select(-1, t["perm"]).reshape(x.shape)
+    V = torch.fft.rfft2(v)
+    z1 = t["g1"] * V
+    z2 = t["g2"] * V.index_select(-2, t["negk"]).conj()
+    first = (z1 + z2).real
+    if Wh == W:                                                   # W <= 2
+        return first.contiguous()
+    second = (z2 - z1).imag[..., 1:W - Wh + 1].flip(-1)
+    return torch.cat([first, second], dim=-1)
 
 
 def idct2(X: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`dct2` (its transpose: the transform is orthonormal), (..., H, W)."""
-    return _idct_last(_idct_last(X).transpose(-1, -2)).transpose(-1, -2)
+    """Inverse of :func:`dct2` (its transpose: the transform is orthonormal), (..., H, W).
+
+    The 2D Makhoul inverse: the half spectrum of the reordered signal is
+    ``V[k, l] = e^{i (th_k + tw_l)} (S[k, l] - S[-k, -l] - i (S[-k, l] + S[k, -l]))``
+    (``S`` the unnormalised coefficients, zero at index ``H`` / ``W``), then one
+    ``irfft2`` and one gather.
+    """
+    H, W = X.shape[-2:]
+    Wh = W // 2 + 1
+    t = _dct_tables(H, W, X.dtype, X.device)
+    Xp = torch.nn.functional.pad(X, (0, 1, 0, 1))                 # row H, column W = 0
+    Xp[..., 0, :] *= math.sqrt(2.0)                               # s[0] = c / sqrt(2)
+    Xp[..., :, 0] *= math.sqrt(2.0)
+    rows = Xp.index_select(-2, t["rev_h"])                        # S[H - k, :]
+    a = Xp[..., :H, :Wh]
+    b = rows[..., :Wh]
+    c = Xp[..., :H, :].index_select(-1, t["rev_w"])
+    d = rows.index_select(-1, t["rev_w"])
+    V = t["t_inv"] * torch.complex(a - d, -(b + c))
+    v = torch.fft.irfft2(V, s=(H, W))
+    return v.reshape(*v.shape[:-2], H * W).index_select(-1, t["inv"]).reshape(v.shape)
 
 
 def dct_eigenvalues(psf: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -227,6 +284,42 @@ def dct_deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: float = 1e-2,
     ValueError if ``psf`` (or a ``reg`` kernel) is not symmetric in each axis:
     the DCT does not diagonalise that operator (use ``solver="cg"``).
     """
+    dtype = image.dtype
+    size = tuple(int(n) for n in image.shape[-2:])
+    if rcond is None:
+        rcond = spectral.default_rcond(size, dtype)
+    eps_key = float(eps) if not isinstance(eps, torch.Tensor) else eps
+    reg_key = reg if not isinstance(reg, str) else str(reg)
+    plan = plan_cache.cached_plan(
+        psf, ("dct_filter", size, dtype, str(image.device), method, eps_key, reg_key, float(rcond)),
+        lambda: _DCTFilter(_dct_filter(psf.to(dtype=dtype, device=image.device), size, eps,
+                                       method, reg, rcond, dtype)))
+    if _use_scipy_dct(image, plan.filt):
+        return _scipy_dct_solve(image, plan.scaled())
+    return idct2(dct2(image) * plan.filt)
+
+
+class _DCTFilter:
+    """A cached DCT solve: the filter ``F`` (torch) and, made on first use,
+    ``F / (4 H W)`` as a NumPy array for the unnormalised pocketfft transforms."""
+
+    def __init__(self, filt: torch.Tensor):
+        self.filt = filt
+        self._scaled = None
+
+    def scaled(self) -> np.ndarray:
+        if self._scaled is None:
+            H, W = self.filt.shape[-2:]
+            self._scaled = self.filt.detach().numpy() * (1.0 / (4.0 * H * W))
+        return self._scaled
+
+
+def _dct_filter(psf, size, eps, method, reg, rcond, dtype) -> torch.Tensor:
+    """The per-coefficient filter ``F`` of :func:`dct_deconvolve` (``X = F Y``).
+
+    Validates the PSF (and a ``reg`` kernel): only those symmetric in each
+    axis are diagonalised by the DCT.
+    """
     if not is_axis_symmetric(psf):
         raise ValueError("solver='dct' needs a PSF symmetric in each axis about its origin "
                          "(kh // 2, kw // 2) (psf == psf.flip(-1) == psf.flip(-2) for odd sizes); "
@@ -235,24 +328,108 @@ def dct_deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: float = 1e-2,
     if isinstance(reg, torch.Tensor) and not is_axis_symmetric(reg):
         raise ValueError("solver='dct' needs a regulariser kernel symmetric in each axis; "
                          "use reg=None, 'laplacian' or solver='cg'")
-    dtype = image.dtype
-    size = tuple(image.shape[-2:])
-    lam = dct_eigenvalues(psf.to(dtype), size).real
-    Y = dct2(image)
-    if rcond is None:
-        rcond = spectral.default_rcond(size, dtype)
+    lam = dct_eigenvalues(psf, size).real
     dims = tuple(range(-min(lam.dim(), 3), 0))
     thr = rcond * lam.abs().amax(dim=dims, keepdim=True)
     keep = lam.abs() > thr
-    pinv = torch.where(keep, Y / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(Y))
+    one = torch.ones_like(lam)
+    pinv = torch.where(keep, 1.0 / torch.where(keep, lam, one), torch.zeros_like(lam))
     if method == "pinv" or float(eps) == 0.0:
-        X = pinv
+        return pinv
+    r2 = _reg_dct_power(reg, size, dtype, psf.device)
+    P = eps * (r2 if r2 is not None else one)
+    den = lam * lam + P
+    return torch.where(P > 0, lam / torch.where(P > 0, den, one), pinv)
+
+
+def _use_scipy_dct(image: torch.Tensor, filt: torch.Tensor) -> bool:
+    """Eager CPU calls without autograd take pocketfft's native DCT (``scipy.fft``),
+    like the circular solve's FFT (:mod:`~deconv_ext.fft_backend`), unless the
+    user forced ``torch``. Under autograd or ``torch.compile`` the torch
+    transforms run (differentiable, traceable)."""
+    if image.device.type != "cpu" or filt.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and (image.requires_grad or filt.requires_grad):
+        return False
+    from . import fft_backend
+
+    return fft_backend.selected() != "torch"
+
+
+_DCT_CHUNK_ELEMENTS = 1 << 18  # as fft_backend.CHUNK_ELEMENTS: a chunk's buffers stay in cache
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _thread_pool(n: int):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != n:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="deconv_ext_dct")
+        return _pool
+
+
+def _scipy_dct_chunk(x: np.ndarray, f: np.ndarray, out: np.ndarray, workers: int) -> None:
+    """``out = DCT-III(f * DCT-II(x))`` (unnormalised, pocketfft), in place in one buffer.
+
+    The buffer's rows are padded by a cache line when their length in bytes is
+    a multiple of 512: the column pass then does not stride by a power of two
+    (at 512^2 float64 that halves ``dctn``'s time).
+    """
+    import scipy.fft as sf
+
+    W = x.shape[-1]
+    pad = 64 // x.itemsize if (W * x.itemsize) % 512 == 0 else 0
+    buf = np.empty(x.shape[:-1] + (W + pad,), dtype=x.dtype)
+    v = buf[..., :W]
+    np.copyto(v, x)
+    v = sf.dctn(v, type=2, axes=(-2, -1), workers=workers, overwrite_x=True)
+    if np.broadcast_shapes(v.shape, f.shape) == v.shape:
+        np.multiply(v, f, out=v)
     else:
-        r2 = _reg_dct_power(reg, size, dtype, image.device)
-        P = eps * (r2 if r2 is not None else torch.ones_like(lam))
-        den = lam * lam + P
-        X = torch.where(P > 0, lam * Y / torch.where(P > 0, den, torch.ones_like(den)), pinv)
-    return idct2(X)
+        v = v * f
+    v = sf.dctn(v, type=3, axes=(-2, -1), workers=workers, overwrite_x=True)
+    np.copyto(out, v)
+
+
+def _scipy_dct_solve(image: torch.Tensor, f: np.ndarray) -> torch.Tensor:
+    """``idctn(F * dctn(x, norm="ortho"), norm="ortho")`` by pocketfft's native DCTs.
+
+    The unnormalised transforms are used: DCT-III(DCT-II(x)) = 4 H W x, so
+    ``f = F / (4 H W)``. A batch is solved chunk by chunk along its leading
+    dims (``torch.get_num_threads()`` chunks at a time on a thread pool:
+    pocketfft releases the GIL), each chunk's transforms and filter in one
+    cache-sized buffer, like the circular pipeline.
+    """
+    H, W = image.shape[-2:]
+    workers = max(1, torch.get_num_threads())
+    x = image.detach().numpy()
+    out = np.empty(x.shape, dtype=x.dtype)
+    n = math.prod(x.shape[:-2])
+    if n <= 1:
+        _scipy_dct_chunk(x, f, out, workers)
+        return torch.from_numpy(out)
+    xf = x.reshape(n, H, W)
+    of = out.reshape(n, H, W)
+    ff = np.broadcast_to(f, x.shape).reshape(n, H, W) if f.ndim > 2 else f
+    step = max(1, min(_DCT_CHUNK_ELEMENTS // (H * W), -(-n // workers)))
+    starts = range(0, n, step)
+
+    def job(s):
+        fs = ff[s:s + step] if ff.ndim == 3 else ff
+        _scipy_dct_chunk(xf[s:s + step], fs, of[s:s + step], 1)
+
+    if workers == 1 or len(starts) == 1:
+        for s in starts:
+            _scipy_dct_chunk(xf[s:s + step], ff[s:s + step] if ff.ndim == 3 else ff,
+                             of[s:s + step], workers)
+    else:
+        list(_thread_pool(workers).map(job, starts))
+    return torch.from_numpy(out)
 
 
 # ---------------------------------------------------------------------------

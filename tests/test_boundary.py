@@ -250,6 +250,92 @@ def test_dct_solve_equals_dense(gen, size, method, eps, reg):
     assert info.max_iterations == 0 and float(info.residual.max()) < 1e-10
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (7, 1), (2, 2), (3, 4), (8, 8), (9, 9),
+                                   (6, 15), (17, 10), (2, 3, 12, 7), (4, 1, 5, 16)])
+def test_dct2_idct2_2d_makhoul_match_scipy(gen, shape, dtype, tol):
+    # dct2 / idct2 are one rfft2 / irfft2 of the 2D-reordered array (2D Makhoul).
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    xs = x.numpy()
+    got = solvers.dct2(x.to(dtype))
+    assert got.dtype == dtype and got.shape == x.shape
+    assert np.abs(got.double().numpy() - scipy.fft.dctn(xs, axes=(-2, -1), norm="ortho")).max() < tol
+    inv = solvers.idct2(x.to(dtype))
+    assert inv.dtype == dtype and inv.shape == x.shape
+    assert np.abs(inv.double().numpy() - scipy.fft.idctn(xs, axes=(-2, -1), norm="ortho")).max() < tol
+
+
+def test_dct2_gradients_are_the_transposes(gen):
+    # Orthonormal: the adjoint of dct2 is idct2, so <dct2(x), y> = <x, idct2(y)>.
+    x = torch.randn(2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 6, 7, generator=gen, dtype=torch.float64)
+    (g,) = torch.autograd.grad((solvers.dct2(x) * y).sum(), x)
+    assert (g - solvers.idct2(y)).abs().max() < 1e-13
+
+
+def _dct_psf(gen, dtype=torch.float64):
+    half = torch.rand(3, 2, generator=gen, dtype=dtype)
+    psf = torch.cat([half, half[:-1].flip(0)], 0)
+    psf = torch.cat([psf, psf[:, :-1].flip(1)], 1)
+    psf[2, 1] += 2.0
+    return psf
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("shape", [(9, 7), (8, 10), (2, 3, 16, 12)])
+@pytest.mark.parametrize("method,eps,reg", [("tikhonov", 1e-2, None), ("pinv", 0.0, None),
+                                            ("tikhonov", 1e-3, "laplacian")])
+def test_dct_solve_scipy_and_torch_transforms_agree(gen, shape, dtype, tol, method, eps, reg):
+    # Eager CPU calls use pocketfft's native DCTs; DECONV_EXT_FFT=torch (and autograd,
+    # compile, GPU) the torch 2D Makhoul transforms. Same answer, cached or not.
+    from deconv_ext import fft_backend, plan_cache
+
+    psf = _dct_psf(gen, dtype)
+    y = torch.randn(*shape, generator=gen, dtype=dtype)
+    kw = dict(eps=eps, method=method, reg=reg, boundary="symmetric", solver="dct")
+    plan_cache.clear()
+    a = dx.deconvolve(y, psf, **kw)
+    b = dx.deconvolve(y, psf, **kw)                      # cached filter
+    fft_backend.set_backend("torch")
+    try:
+        c = dx.deconvolve(y, psf, **kw)
+    finally:
+        fft_backend.set_backend(None)
+    assert a.dtype == dtype and a.shape == y.shape and a.is_contiguous()
+    scale = float(a.abs().max())
+    assert (a - b).abs().max() == 0
+    assert (a - c).abs().max() <= tol * scale
+
+
+def test_dct_solve_per_sample_psf_and_cache_by_content(gen):
+    from deconv_ext import plan_cache
+
+    psfs = torch.stack([_dct_psf(gen), _dct_psf(gen)])[:, None]      # (2, 1, 5, 3)
+    y = torch.randn(2, 3, 10, 9, generator=gen, dtype=torch.float64)
+    plan_cache.clear()
+    x = dx.deconvolve(y, psfs, eps=1e-2, boundary="symmetric", solver="dct")
+    for n in range(2):
+        want = dx.deconvolve(y[n], psfs[n, 0], eps=1e-2, boundary="symmetric", solver="dct")
+        assert (x[n] - want).abs().max() < 1e-12
+    # A PSF refilled in place gives another filter, not the cached one.
+    psf = _dct_psf(gen)
+    first = dx.deconvolve(y, psf, eps=1e-2, boundary="symmetric", solver="dct")
+    psf.mul_(2.0)
+    second = dx.deconvolve(y, psf, eps=1e-2, boundary="symmetric", solver="dct")
+    assert (first - second).abs().max() > 1e-3
+
+
+def test_dct_solve_gradients(gen):
+    # With autograd the torch transforms run (the pocketfft path is for no-grad calls).
+    psf = _dct_psf(gen)
+    y = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda y_: dx.deconvolve(y_, psf, eps=1e-1, boundary="symmetric",
+                                                      solver="dct"), (y,))
+    p = psf.clone().requires_grad_(True)
+    dx.deconvolve(y.detach(), p, eps=1e-1, boundary="symmetric", solver="dct").square().sum().backward()
+    assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().max()) > 0
+
+
 def test_dct_preconditioner_is_exact_for_symmetric_boundary(gen):
     psf = gaussian(7, 1.5)
     y = torch.randn(16, 12, generator=gen, dtype=torch.float64)
