@@ -163,10 +163,10 @@ def dct2(x: torch.Tensor) -> torch.Tensor:
     H, W = x.shape[-2:]
     Wh = W // 2 + 1
     t = _dct_tables(H, W, x.dtype, x.device)
-    v = x.reshape(*x.shape[:-2], H * W).index_select(-1, t["perm"]).reshape(x.shape)
+    v = x.reshape(*x.shape[:-2], H * W)[..., t["perm"]].reshape(x.shape)
     V = torch.fft.rfft2(v)
     z1 = t["g1"] * V
-    z2 = t["g2"] * V.index_select(-2, t["negk"]).conj()
+    z2 = t["g2"] * V[..., t["negk"], :].conj()
     first = (z1 + z2).real
     if Wh == W:                                                   # W <= 2
         return first.contiguous()
@@ -188,14 +188,14 @@ def idct2(X: torch.Tensor) -> torch.Tensor:
     Xp = torch.nn.functional.pad(X, (0, 1, 0, 1))                 # row H, column W = 0
     Xp[..., 0, :] *= math.sqrt(2.0)                               # s[0] = c / sqrt(2)
     Xp[..., :, 0] *= math.sqrt(2.0)
-    rows = Xp.index_select(-2, t["rev_h"])                        # S[H - k, :]
+    rows = Xp[..., t["rev_h"], :]                        # S[H - k, :]
     a = Xp[..., :H, :Wh]
     b = rows[..., :Wh]
-    c = Xp[..., :H, :].index_select(-1, t["rev_w"])
-    d = rows.index_select(-1, t["rev_w"])
+    c = Xp[..., :H, t["rev_w"]]
+    d = rows[..., t["rev_w"]]
     V = t["t_inv"] * torch.complex(a - d, -(b + c))
     v = torch.fft.irfft2(V, s=(H, W))
-    return v.reshape(*v.shape[:-2], H * W).index_select(-1, t["inv"]).reshape(v.shape)
+    return v.reshape(*v.shape[:-2], H * W)[..., t["inv"]].reshape(v.shape)
 
 
 def dct_eigenvalues(psf: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -480,8 +480,12 @@ class DCTPreconditioner:
         k2 = dct_eigenvalues(psf.to(dtype), self.size).abs().square()
         r2 = _reg_dct_power(reg, self.size, dtype, psf.device)
         self.inv = _safe_inverse(k2 + eps * (r2 if r2 is not None else 1.0))
+        self._filter = _DCTFilter(self.inv)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        # Eager CPU without autograd: pocketfft's DCTs, as in dct_deconvolve.
+        if _use_scipy_dct(r, self.inv):
+            return _scipy_dct_solve(r, self._filter.scaled())
         return idct2(dct2(r) * self.inv)
 
 
