@@ -792,8 +792,11 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
     reg_op = ConvOperator(reg_k, size, boundary, dtype) if need_op and reg_k is not None else None
     info = None
     if solver == "fft":
-        plan = DeconvPlan(psf_c, size, eps=eps, method=method, reg=reg, rcond=rcond, dtype=dtype,
-                          boundary=boundary, taper=taper)
+        # Repeated calls with the same small PSF reuse the padded plan.
+        plan = plan_cache.cached_plan(
+            psf, ("padded", size, dtype, eps, method, reg, rcond, boundary, taper),
+            lambda: DeconvPlan(psf_c, size, eps=eps, method=method, reg=reg, rcond=rcond,
+                               dtype=dtype, boundary=boundary, taper=taper))
         x = plan(image)
     elif solver == "dct":
         x = dct_deconvolve(image.to(dtype), psf_c, eps=eps_eff, method=method, reg=reg,
