@@ -182,3 +182,19 @@ def finite(name: str, value) -> None:
         raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} +-Inf, of "
                          f"{value.numel()} elements); expected finite values "
                          f"(check_finite=True)")
+
+
+def plan_input(x, name: str, image_size: Tuple[int, int], like: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor:
+    """An image for a plan made for ``image_size``, on ``like``'s device, computing in ``dtype``."""
+    from .spectral import compute_dtype
+
+    image(x, name)
+    if tuple(x.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"{name} has spatial size {tuple(x.shape[-2:])}; this plan was made "
+                         f"for {tuple(image_size)}")
+    same_device(name, x, "the plan", like)
+    if compute_dtype(x.dtype) != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the plan computes in {dtype}; "
+                        f"use plan.to(dtype={compute_dtype(x.dtype)})")
+    return x

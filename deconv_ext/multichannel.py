@@ -613,13 +613,7 @@ class MultiChannelPlan(DeconvPlan):
         if x.dim() < 3 or x.shape[-3] != channels:
             raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (..., {channels}, "
                              f"{self.image_size[0]}, {self.image_size[1]})")
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise ValueError(f"{name} has spatial size {tuple(x.shape[-2:])}; this plan was made "
-                             f"for {self.image_size}")
-        V.same_device(name, x, "the plan", self.weight)
-        if spectral.compute_dtype(x.dtype) != self.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the plan computes in {self.dtype}; "
-                            f"use plan.to(dtype={spectral.compute_dtype(x.dtype)})")
+        V.plan_input(x, name, self.image_size, self.weight, self.dtype)
 
     def _out_shape(self, x: torch.Tensor, channels: int):
         return (*x.shape[:-3], channels, *self.image_size)

@@ -217,14 +217,7 @@ class DeconvPlan:
 
     # -- application --------------------------------------------------------
     def _check(self, image: torch.Tensor, name: str) -> torch.Tensor:
-        V.image(image, name)
-        if tuple(image.shape[-2:]) != self.image_size:
-            raise ValueError(f"{name} has spatial size {tuple(image.shape[-2:])}; this plan was made "
-                             f"for {self.image_size}")
-        V.same_device(name, image, "the plan", self.psf)
-        if spectral.compute_dtype(image.dtype) != self.dtype:
-            raise TypeError(f"{name} has dtype {image.dtype} but the plan computes in {self.dtype}; "
-                            f"use plan.to(dtype={spectral.compute_dtype(image.dtype)})")
+        V.plan_input(image, name, self.image_size, self.psf, self.dtype)
         V.kernel(self.psf, image.shape, name="the plan's psf")
         return image
 
