@@ -7,7 +7,10 @@ kept, keyed by the PSF's *content* (its bytes, not its identity: a tensor
 refilled in place gives a new key), shape, dtype and device, and by every
 other argument. Only eager calls with small float PSFs and scalar
 hyper-parameters are cached: under autograd or ``torch.compile`` the plan
-must be built in the graph.
+must be built in the graph. At most ``MAX_PLANS`` plans and ``MAX_BYTES`` of
+spectra are kept (least recently used first out); a plan larger than a
+quarter of that is never kept, so a huge image's spectrum is freed after
+its call.
 """
 from __future__ import annotations
 
@@ -21,16 +24,19 @@ import torch
 __all__ = ["cached_plan", "clear", "MAX_PLANS", "MAX_PSF_ELEMENTS"]
 
 MAX_PLANS = 16
+MAX_BYTES = 256 << 20  # spectra kept alive between calls, all plans together
 MAX_PSF_ELEMENTS = 1 << 16  # hashing a larger PSF costs more than it saves
 
 _lock = threading.Lock()
 _plans: "OrderedDict[Hashable, object]" = OrderedDict()
+_sizes: dict = {}
 
 
 def clear() -> None:
     """Forget every cached plan."""
     with _lock:
         _plans.clear()
+        _sizes.clear()
 
 
 def _key(psf: torch.Tensor, extra: tuple) -> Optional[Hashable]:
@@ -56,8 +62,24 @@ def cached_plan(psf: torch.Tensor, extra: tuple, build: Callable[[], object]):
             _plans.move_to_end(key)
             return plan
     plan = build()  # outside the lock: builds of different PSFs run concurrently
+    size = _nbytes(plan)
+    if size > MAX_BYTES // 4:
+        return plan  # a huge image's spectrum is not kept alive after the call
     with _lock:
         _plans[key] = plan
-        while len(_plans) > MAX_PLANS:
-            _plans.popitem(last=False)
+        _sizes[key] = size
+        while len(_plans) > MAX_PLANS or sum(_sizes.values()) > MAX_BYTES:
+            old, _ = _plans.popitem(last=False)
+            _sizes.pop(old, None)
     return plan
+
+
+def _nbytes(plan) -> int:
+    """Bytes of the tensors and arrays a plan holds (its spectra, filters)."""
+    total = 0
+    for v in vars(plan).values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif hasattr(v, "nbytes") and not isinstance(v, (bytes, str)):
+            total += int(v.nbytes)
+    return total

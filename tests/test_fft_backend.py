@@ -120,3 +120,18 @@ def test_one_shot_plans_are_cached_by_psf_content(gen, monkeypatch):
     monkeypatch.setenv("DECONV_EXT_BACKEND", "torch")
     assert rel_err(c, dx.deconvolve(y, psf, eps=1e-2)) <= 1e-12
     plan_cache.clear()
+
+
+def test_plan_cache_keeps_no_huge_spectra(gen, monkeypatch):
+    from deconv_ext import plan_cache
+
+    plan_cache.clear()
+    monkeypatch.setattr(plan_cache, "MAX_BYTES", 16000)  # a 20x20 float64 plan holds 3600 B
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(20, 20, generator=gen, dtype=torch.float64)
+    for i in range(5):  # five plans: the byte budget keeps four, least recent out
+        dx.deconvolve(y, psf, eps=0.1 * (i + 1))
+    assert len(plan_cache._plans) == 4 and sum(plan_cache._sizes.values()) <= 16000
+    dx.deconvolve(torch.randn(40, 40, generator=gen, dtype=torch.float64), psf)  # > 1/4 budget
+    assert len(plan_cache._plans) == 4
+    plan_cache.clear()
