@@ -84,15 +84,20 @@ def builtin_table(device: str = "cpu", quick: bool = False) -> List[Tuple[str, f
 def run_bench(device: str = "cpu", quick: bool = False, builtin: bool = False) -> int:
     """Run the source tree's script for the device, else print the built-in table.
 
-    ``--quick`` is forwarded to a script only if the script declares it.
+    ``--quick`` is forwarded to a script only if the script declares it, and
+    so is ``--no-append``: running the command only prints, it does not add a
+    section to the repository's benchmarks/RESULTS.md.
     Returns the exit status.
     """
     script = None if builtin else find_script(device)
     if script:
         argv = [sys.executable, script]
         with open(script, encoding="utf-8") as f:
-            if quick and "--quick" in f.read():
-                argv.append("--quick")
+            source = f.read()
+        if quick and "--quick" in source:
+            argv.append("--quick")
+        if "--no-append" in source:
+            argv.append("--no-append")
         print(f"running {os.path.relpath(script)}", flush=True)
         return subprocess.call(argv)
     print(f"deconv_ext built-in benchmark, {device}, float32, 5x5 Gaussian PSF, "

@@ -295,3 +295,15 @@ def test_module_entry_point_subprocess():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "deblur" in proc.stdout and "demo" in proc.stdout and "bench" in proc.stdout
+
+
+def test_bench_runs_the_cpu_script_without_touching_results(monkeypatch):
+    """`deconv-ext bench` prints only: the script gets --no-append (and --quick)."""
+    from deconv_ext import bench
+
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert bench.run_bench("cpu", quick=True) == 0
+    (argv,) = calls
+    assert argv[1].endswith("bench_cpu.py")
+    assert "--no-append" in argv and "--quick" in argv
