@@ -10,7 +10,9 @@ import name ``triton_kernels`` belongs to another project.
 """
 import glob
 import os
+import sysconfig
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
@@ -20,6 +22,17 @@ cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
 if os.environ.get("DECONV_EXT_NATIVE", "0") == "1":
     # Opt-in: binaries tuned for the build machine are not portable.
     cxx_flags.append("-march=native")
+
+include_dirs, macros = [], []
+# MKL's DFTI header (pip package mkl-include, x86 only): with it the CPU
+# pipelines call the MKL inside torch's x86 builds directly (csrc/fft.cpp).
+# Without it, or with a torch built without MKL, they use torch.fft.
+# DECONV_EXT_MKL_DFTI=0 builds without it.
+mkl_include = os.path.join(sysconfig.get_paths()["data"], "include")
+if (os.environ.get("DECONV_EXT_MKL_DFTI", "1") != "0" and torch.backends.mkl.is_available()
+        and os.path.exists(os.path.join(mkl_include, "mkl_dfti.h"))):
+    include_dirs.append(mkl_include)
+    macros.append(("DECONV_EXT_MKL_DFTI", "1"))
 
 setup(
     name="deconv_ext",
@@ -34,6 +47,8 @@ setup(
         CppExtension(
             "deconv_ext._C",
             sorted(glob.glob(os.path.join("csrc", "*.cpp"))),
+            include_dirs=include_dirs,
+            define_macros=macros,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "channel_mix.h"
+#include "fft.h"
 #include "kernel_spectrum.h"
 #include "pad_crop.h"
 #include "pipeline.h"
@@ -58,6 +59,8 @@ TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deconv_ext CPU kernels (also registered as torch.ops.deconv_ext.*)";
+  m.def("mkl_dfti_enabled", &deconv_ext::mkl_dfti_enabled,
+        "whether the CPU pipelines call MKL's DFTI directly (else torch.fft)");
   m.def("spectral_solve", &deconv_ext::spectral_solve, "fused regularised spectral solve",
         py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
   m.def("spectral_solve_adjoint", &deconv_ext::spectral_solve_adjoint,

@@ -9,6 +9,7 @@
 // the FFTs inside the op there is no complex buffer for it to rewrite.
 #include "pipeline.h"
 
+#include "fft.h"
 #include "spectral.h"
 
 namespace deconv_ext {
@@ -26,42 +27,12 @@ void check_real_image(const at::Tensor& x, const char* name, const at::Tensor& k
               x.size(-1), " image");
 }
 
-// Planes at least this large (complex elements) are inverted in blocks.
-constexpr int64_t kLargePlane = int64_t(1) << 17;
-constexpr int64_t kBlockElements = int64_t(1) << 17;
-
-// irfft2 of a spectrum this file owns (it is overwritten), shaped like `like`.
-// torch's irfft2 runs a c2c pass over dim -2 into a fresh buffer and then
-// clones that for the c2r pass (MKL's c2r destroys its input): two
-// image-sized allocations, page-faulted on every call. For a large plane the
-// c2c pass runs here in place, a block of columns at a time, and the c2r pass
-// a block of rows at a time into the output: 2048x2048 float32, 9.7 ms ->
-// 6.3 ms on this project's 2-core machine. Small planes keep irfft2.
-at::Tensor irfft2_consume(at::Tensor X, const at::Tensor& like) {
-  const int64_t h = like.size(-2), w = like.size(-1), wf = X.size(-1);
-  if (h * wf < kLargePlane) return at::fft_irfft2(X, at::IntArrayRef({h, w}));
-  if (!X.is_contiguous()) X = X.contiguous();
-  const int64_t cols = std::max<int64_t>(1, kBlockElements / h);
-  for (int64_t c0 = 0; c0 < wf; c0 += cols) {
-    at::Tensor block = X.narrow(-1, c0, std::min(cols, wf - c0));
-    block.copy_(at::fft_ifft(block, c10::nullopt, -2));  // 1/H of the 1/(HW)
-  }
-  std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end());
-  at::Tensor out = at::empty(shape, like.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t rows = std::max<int64_t>(1, kBlockElements / wf);
-  for (int64_t r0 = 0; r0 < h; r0 += rows) {
-    const int64_t n = std::min(rows, h - r0);
-    out.narrow(-2, r0, n).copy_(at::fft_irfft(X.narrow(-2, r0, n), w, -1));  // 1/W
-  }
-  return out;
-}
-
 // Gradient of irfft2 (norm "backward") w.r.t. its half-spectrum input: the
 // rfft2 of the gradient divided by H*W, with the columns that stand for two
 // full-spectrum bins (1 .. ceil(W/2) - 1) doubled.
 at::Tensor irfft2_backward(const at::Tensor& grad) {
   const int64_t h = grad.size(-2), w = grad.size(-1);
-  at::Tensor G = at::fft_rfft2(grad).div_(static_cast<double>(h * w));
+  at::Tensor G = rfft2(grad).div_(static_cast<double>(h * w));
   const int64_t twice = (w + 1) / 2 - 1;
   if (twice > 0) G.narrow(-1, 1, twice).mul_(2);
   return G;
@@ -113,13 +84,13 @@ at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
     const at::Tensor kc = *rows_of(k, image, start, len);
     const auto rc = rows_of(reg, image, start, len);
     const at::Tensor tc = *rows_of(thresh, image, start, len);
-    at::Tensor Y = at::fft_rfft2(x);
+    at::Tensor Y = rfft2(x);
     if (adjoint) {
       Y = spectral_solve_adjoint(Y, kc, rc, eps, tc);
     } else {
       spectral_solve_(Y, kc, rc, eps, tc);  // Y is ours: solve in place
     }
-    return irfft2_consume(Y, x);
+    return irfft2_consume(Y, x.size(-1));
   });
 }
 
@@ -131,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const
   check_real_image(image, "image", k);
   TORCH_CHECK(grad.sizes() == image.sizes(), "grad shape ", grad.sizes(), " != image shape ",
               image.sizes());
-  const at::Tensor G = irfft2_backward(grad), Y = at::fft_rfft2(image);
+  const at::Tensor G = irfft2_backward(grad), Y = rfft2(image);
   if (!adjoint) return spectral_solve_backward(G, Y, k, reg, eps, thresh);
   // The adjoint solve is the solve with conj(K); the chain rule through the
   // conjugate conjugates the kernel's gradient.
@@ -143,14 +114,15 @@ at::Tensor filter2d(const at::Tensor& x, const at::Tensor& k, bool conj) {
   check_real_image(x, "x", k);
   if (x.numel() == 0) return at::empty_like(x);
   return by_chunks(x, [&](const at::Tensor& xc, int64_t start, int64_t len) {
-    return irfft2_consume(spectral_mul(at::fft_rfft2(xc), *rows_of(k, x, start, len), conj), xc);
+    return irfft2_consume(spectral_mul(rfft2(xc), *rows_of(k, x, start, len), conj),
+                          xc.size(-1));
   });
 }
 
 at::Tensor filter2d_grad_k(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef k_shape,
                            bool conj) {
   TORCH_CHECK(grad.sizes() == x.sizes(), "grad shape ", grad.sizes(), " != x shape ", x.sizes());
-  return spectral_mul_grad_k(irfft2_backward(grad), at::fft_rfft2(x), k_shape, conj);
+  return spectral_mul_grad_k(irfft2_backward(grad), rfft2(x), k_shape, conj);
 }
 
 }  // namespace deconv_ext
