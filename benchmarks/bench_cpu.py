@@ -73,7 +73,7 @@ def torch_per_call(image, psf):
     return torch.fft.irfft2(torch.fft.rfft2(image) * torch_filter(psf, size), s=size)
 
 
-def bench_shapes(rounds: int):
+def bench_shapes(rounds: int, min_time: float):
     psf = gaussian_psf()
     rows, raw = [], {}
     for shape in SHAPES:
@@ -85,7 +85,6 @@ def bench_shapes(rounds: int):
         xn = x.numpy()
         workers = torch.get_num_threads()
         choice = fft_backend.choose(tuple(x.shape), x.dtype)  # measured once, cached
-        n = rounds if x.numel() < 4e6 else max(5, rounds // 2)
 
         def torch_fft(fn):
             def run():
@@ -106,7 +105,7 @@ def bench_shapes(rounds: int):
             "deconvolve": lambda: dx.deconvolve(x, psf, eps=EPS),
             "plan": lambda: plan(x),
             "plan (torch.fft)": torch_fft(lambda: plan(x)),
-        }, rounds=n)
+        }, rounds=rounds, min_time=min_time)
         base = t["round trip"]
         name = "x".join(map(str, shape[:2])) + f"x{shape[2]}²"
         raw[name] = dict(t, fft_choice=choice)
@@ -148,9 +147,11 @@ def main(argv=None):
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--json", help="also write the raw medians (s) to this JSON file")
     args = ap.parse_args(argv)
-    rounds = 7 if args.quick else 21
-    shapes_table, raw_shapes = bench_shapes(rounds)
-    solve_table, raw_solve = bench_solve(rounds)
+    # Small shapes get many rounds (a 512x512 round trip is 0.5 ms: its
+    # median over 21 rounds moved by +-0.15), large ones at least a few.
+    rounds, min_time = (60, 2.0) if args.quick else (300, 10.0)
+    shapes_table, raw_shapes = bench_shapes(rounds, min_time)
+    solve_table, raw_solve = bench_solve(7 if args.quick else 21)
     text = (f"\n## {today()} — CPU foundation benchmark\n\n"
             f"Machine: {machine_line()}  \n"
             f"Command: `python benchmarks/bench_cpu.py{' --quick' if args.quick else ''}`  \n"

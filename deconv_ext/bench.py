@@ -42,7 +42,7 @@ def _sync(device: torch.device) -> None:
 
 def _medians(fns: Dict[str, Callable[[], object]], rounds: int,
              device: torch.device) -> Dict[str, float]:
-    # Side by side, rotating order: machine noise hits every method alike.
+    # Side by side, shuffled order: machine noise hits every method alike.
     names = list(fns)
     for n in names:  # warm-up: allocator, FFT plans
         fns[n]()
