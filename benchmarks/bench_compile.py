@@ -42,7 +42,7 @@ def main(argv=None):
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="Torchinductor does not support code generation")
-    rounds = 7 if args.quick else 21
+    rounds, min_time = (60, 2.0) if args.quick else (300, 8.0)  # as bench_cpu
     psf = gaussian_psf()
     rows = []
     for shape in SHAPES:
@@ -64,7 +64,7 @@ def main(argv=None):
             "compiled plan": lambda: compiled_plan(x),
             "eager deconvolve": lambda: dx.deconvolve(x, psf, eps=1e-2),
             "compiled deconvolve": lambda: compiled_oneshot(x),
-        }, rounds=rounds if x.numel() < 4e6 else max(5, rounds // 2))
+        }, rounds=rounds, min_time=min_time)
         name = "x".join(map(str, shape[:2])) + f"x{shape[2]}²"
         rows.append([name, f"{t['eager plan'] * 1e3:.2f} ms",
                      f"{t['compiled plan'] / t['eager plan']:.2f}",

@@ -217,21 +217,17 @@ at::Tensor rfft2_mkl(const at::Tensor& x_) {
   return Y;
 }
 
-at::Tensor irfft2_mkl(at::Tensor X, int64_t w) {
+void irfft2_mkl(at::Tensor X, at::Tensor& out) {
   if (!X.is_contiguous()) X = X.contiguous();
-  const int64_t h = X.size(-2), wf = X.size(-1), batch = X.numel() / (h * wf);
+  const int64_t h = X.size(-2), wf = X.size(-1), w = out.size(-1), batch = X.numel() / (h * wf);
   const bool dbl = X.scalar_type() == at::kComplexDouble;
   if (dbl) {
     columns<c10::complex<double>>(X, false);
   } else {
     columns<c10::complex<float>>(X, false);
   }
-  std::vector<int64_t> shape(X.sizes().begin(), X.sizes().end());
-  shape.back() = w;
-  at::Tensor out = at::empty(shape, X.options().dtype(c10::toRealValueType(X.scalar_type())));
   const DescriptorPtr rows = descriptor(Kind::kRowsBackward, dbl, batch, h, w);
   check(DftiComputeBackward(rows->handle, X.data_ptr(), out.data_ptr()), "compute");
-  return out;
 }
 
 #endif  // DECONV_EXT_MKL_DFTI
@@ -259,13 +255,20 @@ at::Tensor rfft2(const at::Tensor& x) {
   return at::fft_rfft2(x);
 }
 
-at::Tensor irfft2_consume(at::Tensor X, int64_t width) {
-  TORCH_CHECK(X.size(-1) == width / 2 + 1, "a half spectrum of width ", X.size(-1),
-              " is not that of a width-", width, " image");
+void irfft2_into(at::Tensor X, at::Tensor& out) {
+  const int64_t width = out.size(-1);
+  TORCH_CHECK(X.size(-1) == width / 2 + 1 && X.size(-2) == out.size(-2) &&
+                  X.numel() / X.size(-1) == out.numel() / width && out.is_contiguous() &&
+                  out.scalar_type() == c10::toRealValueType(X.scalar_type()),
+              "irfft2_into: a half spectrum of shape ", X.sizes(), " does not fit an output of "
+              "shape ", out.sizes(), " and dtype ", out.scalar_type());
 #ifdef DECONV_EXT_MKL_DFTI
-  if (use_mkl(X, X.size(-2), width)) return irfft2_mkl(X, width);
+  if (use_mkl(X, X.size(-2), width)) {
+    irfft2_mkl(X, out);
+    return;
+  }
 #endif
-  return irfft2_torch(X, width);
+  out.copy_(irfft2_torch(X, width));
 }
 
 }  // namespace deconv_ext

@@ -14,7 +14,8 @@ bool mkl_dfti_enabled();
 at::Tensor rfft2(const at::Tensor& x);
 
 // irfft2 (norm "backward") of a half spectrum X (..., H, W/2+1) that the
-// caller owns: X may be overwritten. Returns (..., H, width), real.
-at::Tensor irfft2_consume(at::Tensor X, int64_t width);
+// caller owns (X may be overwritten), written into out: contiguous, real,
+// (..., H, W) with the same leading dims.
+void irfft2_into(at::Tensor X, at::Tensor& out);
 
 }  // namespace deconv_ext
