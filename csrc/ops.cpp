@@ -78,6 +78,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("conj"));
   m.def("deconv2d", &deconv_ext::deconv2d, "rfft2 -> fused solve -> irfft2", py::arg("image"),
         py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"), py::arg("adjoint"));
+  m.def("padded_deconv2d", &deconv_ext::padded_deconv2d,
+        "crop(deconv2d(pad(image))): the fast padded solve (eager, no autograd)",
+        py::arg("image"), py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"),
+        py::arg("mode"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
   m.def("deconv2d_grad_k", &deconv_ext::deconv2d_grad_k, "gradients of deconv2d w.r.t. k, reg",
         py::arg("grad"), py::arg("image"), py::arg("k"), py::arg("reg"), py::arg("eps"),
         py::arg("thresh"), py::arg("adjoint"));

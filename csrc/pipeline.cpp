@@ -10,6 +10,7 @@
 #include "pipeline.h"
 
 #include "fft.h"
+#include "pad_crop.h"
 #include "spectral.h"
 
 namespace deconv_ext {
@@ -97,6 +98,33 @@ at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
       spectral_solve_(Y, kc, rc, eps, tc);  // Y is ours: solve in place
     }
     irfft2_into(Y, out);
+  });
+}
+
+at::Tensor padded_deconv2d(const at::Tensor& image, int64_t top, int64_t left, int64_t height,
+                           int64_t width, c10::string_view mode, const at::Tensor& k,
+                           const c10::optional<at::Tensor>& reg, double eps,
+                           const at::Tensor& thresh) {
+  TORCH_CHECK(image.dim() >= 2, "image must have at least 2 dims, got ", image.dim());
+  const at::ScalarType real = compute_dtype(image.scalar_type());
+  TORCH_CHECK(k.scalar_type() == c10::toComplexType(real), "k must be ", c10::toComplexType(real),
+              " for a ", image.scalar_type(), " image, got ", k.scalar_type());
+  TORCH_CHECK(k.dim() >= 2 && k.size(-2) == height && k.size(-1) == width / 2 + 1, "k of shape ",
+              k.sizes(), " is not the half spectrum of a ", height, "x", width, " buffer");
+  TORCH_CHECK(top >= 0 && left >= 0 && top + image.size(-2) <= height &&
+                  left + image.size(-1) <= width,
+              "an image of ", image.size(-2), "x", image.size(-1), " at (", top, ", ", left,
+              ") does not fit a ", height, "x", width, " buffer");
+  if (image.numel() == 0) return at::empty_like(image);
+  const int64_t h = image.size(-2), w = image.size(-1);
+  return by_chunks(image, [&](const at::Tensor& x, int64_t start, int64_t len, at::Tensor& out) {
+    // The padded buffer is the FFT's input and, once transformed, its output.
+    at::Tensor buf = pad(x, top, left, height, width, mode);
+    at::Tensor Y = rfft2(buf);
+    spectral_solve_(Y, *rows_of(k, image, start, len), rows_of(reg, image, start, len), eps,
+                    *rows_of(thresh, image, start, len));
+    irfft2_into(Y, buf);
+    out.copy_(buf.narrow(-2, top, h).narrow(-1, left, w));
   });
 }
 

@@ -132,3 +132,33 @@ def test_torch_fft_fallback_equals_scipy():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "replicate", "zeros", "circular"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_fused_padded_solve_equals_the_ops(gen, mode, dtype):
+    """_C.padded_deconv2d (eager fast path) == crop(deconv2d(pad(image))) by the ops."""
+    ops = torch.ops.deconv_ext
+    image = torch.rand(5, 2, 23, 18, generator=gen, dtype=torch.float64).to(dtype)  # 3 chunks
+    cdtype = torch.complex64 if dtype != torch.float64 else torch.complex128
+    rdtype = torch.float32 if dtype != torch.float64 else torch.float64
+    Nh, Nw, top, left = 30, 28, 4, 5
+    k = torch.randn(5, 1, Nh, Nw // 2 + 1, generator=gen, dtype=torch.complex128).to(cdtype)
+    reg = torch.rand(Nh, Nw // 2 + 1, generator=gen, dtype=torch.float64).to(rdtype)
+    thresh = torch.full((5, 1, 1, 1), 1e-3, dtype=rdtype)
+    got = _C.padded_deconv2d(image, top, left, Nh, Nw, mode, k, reg, 0.05, thresh)
+    buf = ops.pad(image, top, left, Nh, Nw, mode)
+    want = ops.crop(ops.deconv2d(buf, k, reg, 0.05, thresh, False), top, left, 23, 18, dtype)
+    assert got.dtype == dtype and got.shape == image.shape
+    tol = {torch.float64: 1e-13, torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+    assert rel(got, want.double().numpy()) <= tol
+
+
+def test_fused_padded_solve_rejects_a_misfit():
+    k = torch.zeros(30, 15, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        _C.padded_deconv2d(torch.rand(20, 20), 12, 0, 30, 28, "reflect", k, None, 0.1,
+                           torch.zeros(()))
+    with pytest.raises(RuntimeError, match="half spectrum"):
+        _C.padded_deconv2d(torch.rand(20, 20), 0, 0, 30, 30, "reflect", k, None, 0.1,
+                           torch.zeros(()))
