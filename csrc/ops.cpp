@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "channel_mix.h"
+#include "dct.h"
 #include "fft.h"
 #include "kernel_spectrum.h"
 #include "pad_crop.h"
@@ -78,6 +79,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("conj"));
   m.def("deconv2d", &deconv_ext::deconv2d, "rfft2 -> fused solve -> irfft2", py::arg("image"),
         py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"), py::arg("adjoint"));
+  m.def("dct_solve", &deconv_ext::dct_solve,
+        "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
+        py::arg("image"), py::arg("filter"));
   m.def("padded_deconv2d", &deconv_ext::padded_deconv2d,
         "crop(deconv2d(pad(image))): the fast padded solve (eager, no autograd)",
         py::arg("image"), py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"),

@@ -15,7 +15,8 @@
 * :func:`dct_deconvolve`: the direct, exact solve of the symmetric-boundary
   (Neumann) blur by a PSF that is symmetric in each axis, which the DCT-II
   diagonalises (its filter cached per PSF content; eager CPU calls without
-  autograd use pocketfft's native DCTs through ``scipy.fft``).
+  autograd run it in C++ around the pipelines' real FFTs, ``csrc/dct.cpp``,
+  or with pocketfft's native DCTs through ``scipy.fft``).
 """
 from __future__ import annotations
 
@@ -294,8 +295,9 @@ def dct_deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: float = 1e-2,
         psf, ("dct_filter", size, dtype, str(image.device), method, eps_key, reg_key, float(rcond)),
         lambda: _DCTFilter(_dct_filter(psf.to(dtype=dtype, device=image.device), size, eps,
                                        method, reg, rcond, dtype)))
-    if _use_scipy_dct(image, plan.filt):
-        return _scipy_dct_solve(image, plan.scaled())
+    route = _eager_dct(image, plan.filt)
+    if route is not None:
+        return _eager_dct_solve(route, image, plan)
     return idct2(dct2(image) * plan.filt)
 
 
@@ -342,18 +344,37 @@ def _dct_filter(psf, size, eps, method, reg, rcond, dtype) -> torch.Tensor:
     return torch.where(P > 0, lam / torch.where(P > 0, den, one), pinv)
 
 
-def _use_scipy_dct(image: torch.Tensor, filt: torch.Tensor) -> bool:
-    """Eager CPU calls without autograd take pocketfft's native DCT (``scipy.fft``),
-    like the circular solve's FFT (:mod:`~deconv_ext.fft_backend`), unless the
-    user forced ``torch``. Under autograd or ``torch.compile`` the torch
-    transforms run (differentiable, traceable)."""
-    if image.device.type != "cpu" or filt.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    if torch.is_grad_enabled() and (image.requires_grad or filt.requires_grad):
-        return False
-    from . import fft_backend
+def _eager_dct(image: torch.Tensor, filt: torch.Tensor) -> Optional[str]:
+    """The DCT route of an eager CPU call without autograd, else None (then the
+    torch transforms run: differentiable, traceable).
 
-    return fft_backend.selected() != "torch"
+    * ``"cpp"``: the fused C++ solve (``csrc/dct.cpp``: Makhoul's 2D
+      reordering around the pipelines' own real FFTs, on torch's MKL and
+      OpenMP threads) for a filter shared by every image plane, unless
+      ``DECONV_EXT_FFT`` names scipy or pyfftw;
+    * ``"scipy"``: pocketfft's native DCTs (``scipy.fft``): those names, or a
+      per-sample filter under ``auto``.
+    """
+    if image.device.type != "cpu" or filt.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and (image.requires_grad or filt.requires_grad):
+        return None
+    from . import backend, fft_backend
+
+    name = fft_backend.selected()
+    if (name in ("auto", "torch") and backend.selected() == "cpp"
+            and image.dtype in (torch.float32, torch.float64) and filt.dtype == image.dtype
+            and all(n == 1 for n in filt.shape[:-2])):
+        return "cpp"
+    return None if name == "torch" else "scipy"
+
+
+def _eager_dct_solve(route: str, image: torch.Tensor, filt: "_DCTFilter") -> torch.Tensor:
+    if route == "cpp":
+        from ._C import dct_solve
+
+        return dct_solve(image, filt.filt.detach().reshape(filt.filt.shape[-2:]))
+    return _scipy_dct_solve(image, filt.scaled())
 
 
 _DCT_CHUNK_ELEMENTS = 1 << 18  # as fft_backend.CHUNK_ELEMENTS: a chunk's buffers stay in cache
@@ -483,9 +504,10 @@ class DCTPreconditioner:
         self._filter = _DCTFilter(self.inv)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        # Eager CPU without autograd: pocketfft's DCTs, as in dct_deconvolve.
-        if _use_scipy_dct(r, self.inv):
-            return _scipy_dct_solve(r, self._filter.scaled())
+        # Eager CPU without autograd: as in dct_deconvolve.
+        route = _eager_dct(r, self.inv)
+        if route is not None:
+            return _eager_dct_solve(route, r, self._filter)
         return idct2(dct2(r) * self.inv)
 
 

@@ -285,26 +285,36 @@ def _dct_psf(gen, dtype=torch.float64):
 @pytest.mark.parametrize("shape", [(9, 7), (8, 10), (2, 3, 16, 12)])
 @pytest.mark.parametrize("method,eps,reg", [("tikhonov", 1e-2, None), ("pinv", 0.0, None),
                                             ("tikhonov", 1e-3, "laplacian")])
-def test_dct_solve_scipy_and_torch_transforms_agree(gen, shape, dtype, tol, method, eps, reg):
-    # Eager CPU calls use pocketfft's native DCTs; DECONV_EXT_FFT=torch (and autograd,
-    # compile, GPU) the torch 2D Makhoul transforms. Same answer, cached or not.
-    from deconv_ext import fft_backend, plan_cache
+def test_dct_solve_cpp_scipy_and_torch_transforms_agree(gen, shape, dtype, tol, method, eps, reg):
+    # Eager CPU calls run the C++ solve (csrc/dct.cpp); DECONV_EXT_FFT=scipy pocketfft's
+    # native DCTs; autograd, compile and GPU the torch 2D Makhoul transforms. Same answer,
+    # cached or not, and equal to scipy.fft's own dctn / idctn.
+    import scipy.fft
+
+    from deconv_ext import fft_backend, plan_cache, solvers
 
     psf = _dct_psf(gen, dtype)
     y = torch.randn(*shape, generator=gen, dtype=dtype)
     kw = dict(eps=eps, method=method, reg=reg, boundary="symmetric", solver="dct")
     plan_cache.clear()
+    assert solvers._eager_dct(y, torch.ones(y.shape[-2:], dtype=dtype)) == "cpp"
     a = dx.deconvolve(y, psf, **kw)
     b = dx.deconvolve(y, psf, **kw)                      # cached filter
-    fft_backend.set_backend("torch")
+    fft_backend.set_backend("scipy")
     try:
         c = dx.deconvolve(y, psf, **kw)
     finally:
         fft_backend.set_backend(None)
+    d = dx.deconvolve(y.clone().requires_grad_(True), psf, **kw).detach()  # torch transforms
+    filt = solvers._dct_filter(psf, tuple(shape[-2:]), eps, method, reg,
+                               10 * max(shape[-2:]) * torch.finfo(dtype).eps, dtype)
+    ref = scipy.fft.idctn(filt.double().numpy() * scipy.fft.dctn(
+        y.double().numpy(), axes=(-2, -1), norm="ortho"), axes=(-2, -1), norm="ortho")
     assert a.dtype == dtype and a.shape == y.shape and a.is_contiguous()
     scale = float(a.abs().max())
     assert (a - b).abs().max() == 0
-    assert (a - c).abs().max() <= tol * scale
+    for other in (c, d, torch.from_numpy(ref).to(dtype)):
+        assert (a - other).abs().max() <= tol * scale
 
 
 def test_dct_solve_per_sample_psf_and_cache_by_content(gen):

@@ -162,3 +162,24 @@ def test_fused_padded_solve_rejects_a_misfit():
     with pytest.raises(RuntimeError, match="half spectrum"):
         _C.padded_deconv2d(torch.rand(20, 20), 0, 0, 30, 30, "reflect", k, None, 0.1,
                            torch.zeros(()))
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (8, 10), (1, 4), (5, 1), (1, 1), (2, 2), (3, 2, 33, 20),
+                                   (1, 512, 384)], ids=str)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+def test_dct_solve_equals_scipy_dctn(gen, shape, dtype, tol):
+    """_C.dct_solve (Makhoul 2D around the pipelines' FFTs) == scipy's idctn(F dctn(x))."""
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    f = torch.randn(*shape[-2:], generator=gen, dtype=torch.float64)
+    want = scipy.fft.idctn(f.numpy() * scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho"),
+                           axes=(-2, -1), norm="ortho")
+    got = _C.dct_solve(x.to(dtype), f.to(dtype))
+    assert got.dtype == dtype and got.shape == x.shape
+    assert rel(got, want) <= tol
+
+
+def test_dct_solve_rejects_a_wrong_filter():
+    with pytest.raises(RuntimeError, match="filter must be"):
+        _C.dct_solve(torch.rand(6, 5), torch.rand(5, 6))
+    with pytest.raises(RuntimeError, match="filter must be"):
+        _C.dct_solve(torch.rand(6, 5), torch.rand(6, 5, dtype=torch.float64))

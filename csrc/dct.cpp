@@ -1,0 +1,164 @@
+// The DCT solve x = DCT-III(F * DCT-II(y)) by one 2D real FFT each way
+// (Makhoul's reordering in 2D), with the two DCT twiddles and the filter
+// fused into one pass over the half spectrum.
+//
+// Why not pocketfft's native DCTs (scipy.fft.dctn): its threads and torch's
+// OpenMP threads take turns on the cores; interleaved with circular solves
+// on 2 threads the DCT solve took 2.6x the circular one at 512x512. Here it
+// runs on the same MKL / OpenMP as the circular pipeline.
+//
+// With v the image reordered (rows and columns: even indices, then odd ones
+// reversed), V = rfft2(v), th_k = pi k / 2H, ph_l = pi l / 2W, the
+// unnormalised DCT-II coefficients at column l <= W/2 and at W - l are
+//   Y[k, l]     = 2 Re(z1 + z2),   Y[k, W - l] = 2 Im(z2 - z1),
+//   z1 = e^{-i(th_k + ph_l)} V[k, l],   z2 = e^{-i(th_k - ph_l)} conj(V[-k, l]),
+// and the inverse's half spectrum, with S = F Y / 4HW (zero at index H, W),
+//   V'[k, l] = e^{i(th_k + ph_l)} (S[k, l] - S[H-k, W-l] - i (S[H-k, l] + S[k, W-l])).
+// V'[k, l] and V'[H-k, l] need Y at rows k and H-k of column l only, which
+// come from V[k, l] and V[H-k, l]: so the pass runs over row pairs in place.
+#include "dct.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/complex.h>
+
+#include "fft.h"
+
+namespace deconv_ext {
+namespace {
+
+// Makhoul's order: position i of v holds x[order[i]].
+std::vector<int64_t> makhoul_order(int64_t n) {
+  std::vector<int64_t> order;
+  order.reserve(n);
+  for (int64_t i = 0; i < n; i += 2) order.push_back(i);
+  for (int64_t i = n - 1 - (n % 2 == 0 ? 0 : 1); i >= 1; i -= 2) order.push_back(i);
+  return order;
+}
+
+// One row in Makhoul's order and back (the column order of makhoul_order,
+// without its index loads: even columns forward, odd ones backward).
+template <typename T>
+void gather_row(const T* __restrict__ x, T* __restrict__ v, int64_t n) {
+  const int64_t half = (n + 1) / 2;
+  for (int64_t j = 0; j < half; ++j) v[j] = x[2 * j];
+  for (int64_t j = half; j < n; ++j) v[j] = x[2 * (n - j) - 1];
+}
+
+template <typename T>
+void scatter_row(const T* __restrict__ v, T* __restrict__ x, int64_t n) {
+  const int64_t half = (n + 1) / 2;
+  for (int64_t j = 0; j < half; ++j) x[2 * j] = v[j];
+  for (int64_t j = half; j < n; ++j) x[2 * (n - j) - 1] = v[j];
+}
+
+template <typename T>
+std::vector<c10::complex<T>> twiddles(int64_t count, int64_t n) {
+  std::vector<c10::complex<T>> t(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const double a = M_PI * double(i) / (2.0 * double(n));
+    t[i] = c10::complex<T>(T(std::cos(a)), T(std::sin(a)));
+  }
+  return t;
+}
+
+// In place over one plane's half spectrum V (H x Wh): V <- V' (see top).
+template <typename T>
+void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
+                 const std::vector<c10::complex<T>>& eh, const std::vector<c10::complex<T>>& ew) {
+  using C = c10::complex<T>;
+  const int64_t Wh = W / 2 + 1;
+  const T quarter = T(0.25);  // S = F Y / 4HW, and the inverse FFT divides by HW: 1/4 left
+  at::parallel_for(0, H / 2 + 1, 8, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t k2 = (H - k) % H;  // the paired row
+      if (k2 < k) continue;
+      C* row = V + k * Wh;
+      C* row2 = V + k2 * Wh;
+      const T* fk = f + k * W;
+      const T* fk2 = f + k2 * W;
+      const C ek = eh[k], ek2 = eh[k2];
+      for (int64_t l = 0; l < Wh; ++l) {
+        const C a = row[l], b = row2[l];
+        const C wl = ew[l];
+        const bool mirror = l > 0 && W - l >= Wh;  // column W - l is a distinct column
+        // Row k from (a, b); row H-k from (b, a).
+        const C t1 = ek * wl, t2 = std::conj(ek) * wl;  // e^{i(th+ph)}, e^{-i(th-ph)}
+        const C z1 = std::conj(t1) * a, z2 = t2 * std::conj(b);
+        const T y_kl = (z1 + z2).real();
+        const T y_kwl = l == 0 ? T(0) : (mirror ? (z2 - z1).imag() : y_kl);
+        const T s_kl = quarter * 2 * fk[l] * y_kl;
+        const T s_kwl = l == 0 ? T(0) : quarter * 2 * fk[W - l] * y_kwl;
+        T s_hl = 0, s_hwl = 0;
+        if (k > 0) {
+          const C h1 = std::conj(ek2 * wl) * b, h2 = (std::conj(ek2) * wl) * std::conj(a);
+          const T y_hl = (h1 + h2).real();
+          const T y_hwl = l == 0 ? T(0) : (mirror ? (h2 - h1).imag() : y_hl);
+          s_hl = quarter * 2 * fk2[l] * y_hl;
+          s_hwl = l == 0 ? T(0) : quarter * 2 * fk2[W - l] * y_hwl;
+        }
+        row[l] = t1 * C(s_kl - s_hwl, -(s_hl + s_kwl));
+        if (k2 != k) row2[l] = ek2 * wl * C(s_hl - s_kwl, -(s_kl + s_hwl));
+      }
+    }
+  });
+}
+
+// Planes per chunk: the chunk's buffers stay a few MB, as in the pipelines.
+constexpr int64_t kChunkElements = int64_t(1) << 18;
+
+template <typename T>
+void solve_planes(const at::Tensor& x3, const at::Tensor& f, at::Tensor& out3) {
+  const int64_t n = x3.size(0), H = x3.size(1), W = x3.size(2), Wh = W / 2 + 1;
+  const std::vector<int64_t> oh = makhoul_order(H);
+  const auto eh = twiddles<T>(H, H), ew = twiddles<T>(Wh, W);
+  const T* fp = f.data_ptr<T>();
+  const int64_t step = std::max<int64_t>(1, kChunkElements / (H * W));
+  for (int64_t p0 = 0; p0 < n; p0 += step) {
+    const int64_t m = std::min(step, n - p0);
+    at::Tensor v = at::empty({m, H, W}, x3.options());
+    const T* src = x3.data_ptr<T>() + p0 * H * W;
+    T* vp = v.data_ptr<T>();
+    at::parallel_for(0, m * H, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        gather_row(src + (r / H) * H * W + oh[r % H] * W, vp + r * W, W);
+      }
+    });
+    at::Tensor V = rfft2(v);
+    auto* Vp = V.data_ptr<c10::complex<T>>();
+    for (int64_t p = 0; p < m; ++p) middle_pass<T>(Vp + p * H * Wh, fp, H, W, eh, ew);
+    irfft2_into(V, v);
+    T* dst = out3.data_ptr<T>() + p0 * H * W;
+    at::parallel_for(0, m * H, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scatter_row(vp + r * W, dst + (r / H) * H * W + oh[r % H] * W, W);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
+  TORCH_CHECK(image.dim() >= 2, "image must have at least 2 dims, got ", image.dim());
+  TORCH_CHECK(image.scalar_type() == at::kFloat || image.scalar_type() == at::kDouble,
+              "image must be float32 or float64, got ", image.scalar_type());
+  TORCH_CHECK(filter.scalar_type() == image.scalar_type() && filter.dim() == 2 &&
+                  filter.size(0) == image.size(-2) && filter.size(1) == image.size(-1),
+              "filter must be a ", image.scalar_type(), " (", image.size(-2), ", ",
+              image.size(-1), ") tensor, got ", filter.scalar_type(), " ", filter.sizes());
+  TORCH_CHECK(image.device().is_cpu() && filter.device().is_cpu(), "dct_solve runs on CPU");
+  at::Tensor out = at::empty(image.sizes(), image.options().memory_format(at::MemoryFormat::Contiguous));
+  if (image.numel() == 0) return out;
+  const int64_t H = image.size(-2), W = image.size(-1);
+  const at::Tensor x3 = image.contiguous().view({-1, H, W});
+  const at::Tensor f = filter.contiguous();
+  at::Tensor out3 = out.view({-1, H, W});
+  if (image.scalar_type() == at::kFloat) {
+    solve_planes<float>(x3, f, out3);
+  } else {
+    solve_planes<double>(x3, f, out3);
+  }
+  return out;
+}
+
+}  // namespace deconv_ext
