@@ -35,20 +35,25 @@ std::vector<int64_t> makhoul_order(int64_t n) {
   return order;
 }
 
-// One row in Makhoul's order and back (the column order of makhoul_order,
-// without its index loads: even columns forward, odd ones backward).
+// One row in Makhoul's order and back: v[i] = x[2i], v[n-1-i] = x[2i+1]
+// (even columns forward, odd ones backward), read and written pairwise so
+// that the image side is accessed contiguously.
 template <typename T>
 void gather_row(const T* __restrict__ x, T* __restrict__ v, int64_t n) {
-  const int64_t half = (n + 1) / 2;
-  for (int64_t j = 0; j < half; ++j) v[j] = x[2 * j];
-  for (int64_t j = half; j < n; ++j) v[j] = x[2 * (n - j) - 1];
+  for (int64_t i = 0; i < n / 2; ++i) {
+    v[i] = x[2 * i];
+    v[n - 1 - i] = x[2 * i + 1];
+  }
+  if (n % 2) v[n / 2] = x[n - 1];
 }
 
 template <typename T>
 void scatter_row(const T* __restrict__ v, T* __restrict__ x, int64_t n) {
-  const int64_t half = (n + 1) / 2;
-  for (int64_t j = 0; j < half; ++j) x[2 * j] = v[j];
-  for (int64_t j = half; j < n; ++j) x[2 * (n - j) - 1] = v[j];
+  for (int64_t i = 0; i < n / 2; ++i) {
+    x[2 * i] = v[i];
+    x[2 * i + 1] = v[n - 1 - i];
+  }
+  if (n % 2) x[n - 1] = v[n / 2];
 }
 
 template <typename T>
@@ -62,42 +67,88 @@ std::vector<c10::complex<T>> twiddles(int64_t count, int64_t n) {
 }
 
 // In place over one plane's half spectrum V (H x Wh): V <- V' (see top).
+// Columns 0 and W/2 (W even) pair with themselves and take the general
+// scalar code; the others run a branch-free real-arithmetic loop the
+// compiler vectorises (the complex-typed version of this pass took as long
+// as an FFT at 512x512).
 template <typename T>
 void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
                  const std::vector<c10::complex<T>>& eh, const std::vector<c10::complex<T>>& ew) {
   using C = c10::complex<T>;
-  const int64_t Wh = W / 2 + 1;
-  const T quarter = T(0.25);  // S = F Y / 4HW, and the inverse FFT divides by HW: 1/4 left
+  const int64_t Wh = W / 2 + 1, last_mirror = W - Wh;  // columns 1..last_mirror: W - l is another
+  std::vector<T> cw(Wh), sw(Wh);
+  for (int64_t l = 0; l < Wh; ++l) {
+    cw[l] = ew[l].real();
+    sw[l] = ew[l].imag();
+  }
   at::parallel_for(0, H / 2 + 1, 8, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t k2 = (H - k) % H;  // the paired row
       if (k2 < k) continue;
-      C* row = V + k * Wh;
-      C* row2 = V + k2 * Wh;
+      const bool has_h = k > 0, self = k2 == k;
+      T* __restrict__ row = reinterpret_cast<T*>(V + k * Wh);
+      T* __restrict__ row2 = reinterpret_cast<T*>(V + k2 * Wh);
       const T* fk = f + k * W;
       const T* fk2 = f + k2 * W;
-      const C ek = eh[k], ek2 = eh[k2];
-      for (int64_t l = 0; l < Wh; ++l) {
-        const C a = row[l], b = row2[l];
-        const C wl = ew[l];
-        const bool mirror = l > 0 && W - l >= Wh;  // column W - l is a distinct column
-        // Row k from (a, b); row H-k from (b, a).
-        const C t1 = ek * wl, t2 = std::conj(ek) * wl;  // e^{i(th+ph)}, e^{-i(th-ph)}
+      const T ck = eh[k].real(), sk = eh[k].imag(), ck2 = eh[k2].real(), sk2 = eh[k2].imag();
+      // General code for one column (any l, any row pair).
+      auto column = [&](int64_t l) {
+        const C a(row[2 * l], row[2 * l + 1]), b(row2[2 * l], row2[2 * l + 1]);
+        const C wl = ew[l], ek = eh[k], ek2 = eh[k2];
+        const bool mirror = l > 0 && W - l >= Wh;
+        const C t1 = ek * wl, t2 = std::conj(ek) * wl;
         const C z1 = std::conj(t1) * a, z2 = t2 * std::conj(b);
         const T y_kl = (z1 + z2).real();
         const T y_kwl = l == 0 ? T(0) : (mirror ? (z2 - z1).imag() : y_kl);
-        const T s_kl = quarter * 2 * fk[l] * y_kl;
-        const T s_kwl = l == 0 ? T(0) : quarter * 2 * fk[W - l] * y_kwl;
+        const T s_kl = T(0.5) * fk[l] * y_kl;
+        const T s_kwl = l == 0 ? T(0) : T(0.5) * fk[W - l] * y_kwl;
         T s_hl = 0, s_hwl = 0;
-        if (k > 0) {
+        if (has_h) {
           const C h1 = std::conj(ek2 * wl) * b, h2 = (std::conj(ek2) * wl) * std::conj(a);
           const T y_hl = (h1 + h2).real();
           const T y_hwl = l == 0 ? T(0) : (mirror ? (h2 - h1).imag() : y_hl);
-          s_hl = quarter * 2 * fk2[l] * y_hl;
-          s_hwl = l == 0 ? T(0) : quarter * 2 * fk2[W - l] * y_hwl;
+          s_hl = T(0.5) * fk2[l] * y_hl;
+          s_hwl = l == 0 ? T(0) : T(0.5) * fk2[W - l] * y_hwl;
         }
-        row[l] = t1 * C(s_kl - s_hwl, -(s_hl + s_kwl));
-        if (k2 != k) row2[l] = ek2 * wl * C(s_hl - s_kwl, -(s_kl + s_hwl));
+        const C o1 = t1 * C(s_kl - s_hwl, -(s_hl + s_kwl));
+        row[2 * l] = o1.real();
+        row[2 * l + 1] = o1.imag();
+        if (!self) {
+          const C o2 = ek2 * wl * C(s_hl - s_kwl, -(s_kl + s_hwl));
+          row2[2 * l] = o2.real();
+          row2[2 * l + 1] = o2.imag();
+        }
+      };
+      column(0);
+      if (W % 2 == 0) column(W / 2);  // pairs with itself
+      if (self) {  // rows 0 and H/2: one row, b = a
+        for (int64_t l = 1; l <= last_mirror; ++l) column(l);
+        continue;
+      }
+      // Rows k and H-k (both exist, 0 < k < H/2): columns 1..last_mirror.
+#pragma GCC ivdep
+      for (int64_t l = 1; l <= last_mirror; ++l) {
+        const T ar = row[2 * l], ai = row[2 * l + 1], br = row2[2 * l], bi = row2[2 * l + 1];
+        const T c = cw[l], s_ = sw[l];
+        // t1 = e^{i(th+ph)}, t2 = e^{i(ph-th)} for row k; t1', t2' for row H-k.
+        const T p = ck * c - sk * s_, q = sk * c + ck * s_;
+        const T u = ck * c + sk * s_, v = ck * s_ - sk * c;
+        const T p2 = ck2 * c - sk2 * s_, q2 = sk2 * c + ck2 * s_;
+        const T u2 = ck2 * c + sk2 * s_, v2 = ck2 * s_ - sk2 * c;
+        // Re(z1 + z2), Im(z2 - z1) with z1 = conj(t1) a, z2 = t2 conj(b); row H-k swaps a, b.
+        const T y_kl = p * ar + q * ai + u * br + v * bi;
+        const T y_kwl = v * br - u * bi - p * ai + q * ar;
+        const T y_hl = p2 * br + q2 * bi + u2 * ar + v2 * ai;
+        const T y_hwl = v2 * ar - u2 * ai - p2 * bi + q2 * br;
+        const T s_kl = T(0.5) * fk[l] * y_kl, s_kwl = T(0.5) * fk[W - l] * y_kwl;
+        const T s_hl = T(0.5) * fk2[l] * y_hl, s_hwl = T(0.5) * fk2[W - l] * y_hwl;
+        // o = t1 (re, im) with re = s_kl - s_hwl, im = -(s_hl + s_kwl); row H-k likewise.
+        const T re1 = s_kl - s_hwl, im1 = -(s_hl + s_kwl);
+        const T re2 = s_hl - s_kwl, im2 = -(s_kl + s_hwl);
+        row[2 * l] = p * re1 - q * im1;
+        row[2 * l + 1] = p * im1 + q * re1;
+        row2[2 * l] = p2 * re2 - q2 * im2;
+        row2[2 * l + 1] = p2 * im2 + q2 * re2;
       }
     }
   });
