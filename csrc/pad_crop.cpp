@@ -84,11 +84,15 @@ Planes planes_of(const at::Tensor& x3) {
 
 template <typename In, typename Out>
 void pad_loop(const at::Tensor& x3, at::Tensor& out3, const std::vector<int64_t>& rows,
-              const std::vector<int64_t>& cols) {
+              const std::vector<int64_t>& cols, int64_t left) {
   const Planes s = planes_of(x3);
   const int64_t oh = out3.size(1), ow = out3.size(2);
   const In* src = x3.const_data_ptr<In>();
   Out* dst = out3.mutable_data_ptr<Out>();
+  // Columns [lo, hi) of an output row are the source row itself: copied as
+  // a contiguous run (vectorised) rather than through the index map.
+  const int64_t lo = std::min(std::max<int64_t>(left, 0), ow);
+  const int64_t hi = std::max(lo, std::min(ow, left + s.w));
   at::parallel_for(0, s.planes * oh, 16, [&](int64_t begin, int64_t end) {
     for (int64_t pr = begin; pr < end; ++pr) {
       const int64_t p = pr / oh, i = pr % oh;
@@ -99,10 +103,20 @@ void pad_loop(const at::Tensor& x3, at::Tensor& out3, const std::vector<int64_t>
         continue;
       }
       const In* row = src + p * s.sp + r * s.sh;
-      for (int64_t j = 0; j < ow; ++j) {
-        const int64_t c = cols[j];
-        o[j] = c < 0 ? Out(0) : static_cast<Out>(row[c * s.sw]);
+      auto mapped = [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t c = cols[j];
+          o[j] = c < 0 ? Out(0) : static_cast<Out>(row[c * s.sw]);
+        }
+      };
+      mapped(0, lo);
+      if (s.sw == 1) {
+        const In* run = row + (lo - left);
+        for (int64_t j = lo; j < hi; ++j) o[j] = static_cast<Out>(run[j - lo]);
+      } else {
+        mapped(lo, hi);
       }
+      mapped(hi, ow);
     }
   });
 }
@@ -169,9 +183,9 @@ at::Tensor pad(const at::Tensor& x, int64_t top, int64_t left, int64_t height, i
   at::Tensor out3 = out.view({-1, height, width});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pad", [&] {
     if (out.scalar_type() == at::kFloat) {
-      pad_loop<scalar_t, float>(x3, out3, rows, cols);
+      pad_loop<scalar_t, float>(x3, out3, rows, cols, left);
     } else {
-      pad_loop<scalar_t, double>(x3, out3, rows, cols);
+      pad_loop<scalar_t, double>(x3, out3, rows, cols, left);
     }
   });
   return out;
@@ -222,7 +236,7 @@ at::Tensor crop(const at::Tensor& x, int64_t top, int64_t left, int64_t height, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "crop_in", [&] {
     using In = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "crop_out", [&] {
-      pad_loop<In, scalar_t>(x3, out3, rows, cols);
+      pad_loop<In, scalar_t>(x3, out3, rows, cols, -left);
     });
   });
   return out;
