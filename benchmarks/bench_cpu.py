@@ -13,8 +13,12 @@ eps=1e-2), times side by side in one process:
   by the PSF's content);
 * ``plan``: this library, ``DeconvPlan`` built once, with the FFT library
   chosen per shape (``FFT chosen``; ``DECONV_EXT_FFT=auto``);
-* ``plan (torch.fft)``: the same plan forced onto torch.fft (what compiled
-  and autograd calls use).
+* ``plan (FFT=torch)``: the same plan forced onto the C++ pipeline
+  (``DECONV_EXT_FFT=torch``: MKL's DFTI called directly where torch ships
+  MKL; what compiled and autograd calls use);
+* with pyFFTW installed (GPL, optional, never a default): ``FFTW round trip``,
+  planned with ``FFTW_MEASURE``, and ``plan (FFTW)`` (``DECONV_EXT_FFT=pyfftw``)
+  as a multiple of that round trip.
 
 Then the fused C++ spectral solve alone on a 16x3x512x257 complex64 spectrum,
 against the torch expression computing the same filter per call and against
@@ -73,6 +77,18 @@ def torch_per_call(image, psf):
     return torch.fft.irfft2(torch.fft.rfft2(image) * torch_filter(psf, size), s=size)
 
 
+def fftw_round_trip(xn, threads: int):
+    """A planned (FFTW_MEASURE) FFTW rfft2 + irfft2 of ``xn``, or None without pyFFTW."""
+    try:
+        import pyfftw.builders as fb
+    except ImportError:
+        return None
+    fwd = fb.rfft2(xn.copy(), threads=threads, planner_effort="FFTW_MEASURE")
+    inv = fb.irfft2(fwd.output_array.copy(), s=xn.shape[-2:], threads=threads,
+                    planner_effort="FFTW_MEASURE")
+    return lambda: inv(fwd(xn))
+
+
 def bench_shapes(rounds: int, min_time: float):
     psf = gaussian_psf()
     rows, raw = [], {}
@@ -86,15 +102,18 @@ def bench_shapes(rounds: int, min_time: float):
         workers = torch.get_num_threads()
         choice = fft_backend.choose(tuple(x.shape), x.dtype)  # measured once, cached
 
-        def torch_fft(fn):
+        def forced(name, fn):
             def run():
-                fft_backend.set_backend("torch")
+                fft_backend.set_backend(name)
                 try:
                     return fn()
                 finally:
                     fft_backend.set_backend(None)
             return run
 
+        fftw = fftw_round_trip(xn, workers)
+        extra = {} if fftw is None else {"FFTW round trip": fftw,
+                                         "plan (FFTW)": forced("pyfftw", lambda: plan(x))}
         t = median_times({
             "round trip": lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=size),
             "scipy round trip": lambda: scipy_fft.irfft2(scipy_fft.rfft2(xn, workers=workers),
@@ -104,18 +123,22 @@ def bench_shapes(rounds: int, min_time: float):
             "torch/cached": lambda: torch.fft.irfft2(torch.fft.rfft2(x) * G, s=size),
             "deconvolve": lambda: dx.deconvolve(x, psf, eps=EPS),
             "plan": lambda: plan(x),
-            "plan (torch.fft)": torch_fft(lambda: plan(x)),
+            "plan (FFT=torch)": forced("torch", lambda: plan(x)),
+            **extra,
         }, rounds=rounds, min_time=min_time)
         base = t["round trip"]
         name = "x".join(map(str, shape[:2])) + f"x{shape[2]}²"
         raw[name] = dict(t, fft_choice=choice)
         rows.append([name, f"{base * 1e3:.2f} ms"] + [f"{t[k] / base:.2f}" for k in
                      ("scipy round trip", "seed", "torch/call", "torch/cached", "deconvolve",
-                      "plan", "plan (torch.fft)")]
-                    + [choice, f"{t['seed'] / t['deconvolve']:.1f}x"])
+                      "plan", "plan (FFT=torch)")]
+                    + [choice, f"{t['seed'] / t['deconvolve']:.1f}x"]
+                    + ([f"{t['FFTW round trip'] / base:.2f}",
+                        f"{t['plan (FFTW)'] / t['FFTW round trip']:.2f}"] if fftw else
+                       ["not installed", "—"]))
     header = ["shape", "torch round trip", "scipy round trip", "seed", "torch/call",
-              "torch/cached", "deconvolve", "plan", "plan (torch.fft)", "FFT chosen",
-              "deconvolve vs seed"]
+              "torch/cached", "deconvolve", "plan", "plan (FFT=torch)", "FFT chosen",
+              "deconvolve vs seed", "FFTW round trip", "plan (FFTW) / FFTW round trip"]
     return markdown_table(header, rows), raw
 
 

@@ -1,23 +1,27 @@
 """Which FFT library runs the CPU pipeline: measured once per shape, then cached.
 
-On CPU the FFTs are nearly all of a deconvolution's time, and torch's own
-``irfft2`` is its slowest step. ``scipy.fft`` (pocketfft, BSD-licensed, a
-dependency already) is faster for many shapes, not for all: so the choice is
-made per problem by timing both round trips side by side, like an FFT
-planner, and remembered (in memory and in a small JSON file) so that results
-stay bit-identical from run to run on a given machine and thread count.
+On CPU the FFTs are nearly all of a deconvolution's time. The C++ pipelines
+call MKL's DFTI themselves where torch ships MKL (``csrc/fft.cpp``: 0.25-0.9x
+torch's own ``irfft2(rfft2(x))`` at the DESIGN shapes), else ``torch.fft``.
+``scipy.fft`` (pocketfft, BSD-licensed, a dependency already) can be faster
+for some shapes on some machines; so the choice is made per problem by timing
+both round trips side by side, like an FFT planner, and remembered (in memory
+and in a small JSON file) so that results stay bit-identical from run to run
+on a given machine and thread count.
 
 The switch ``DECONV_EXT_FFT`` (or :func:`set_backend`) overrides the choice:
 
 * ``auto`` (default): the measured choice between ``torch`` and ``scipy``;
-* ``torch``: ``torch.fft`` (what the compiled ops always use);
+* ``torch``: the C++ pipelines (MKL's DFTI, or ``torch.fft``), what the
+  compiled ops always use;
 * ``scipy``: ``scipy.fft`` with ``workers = torch.get_num_threads()``;
-* ``pyfftw``: FFTW through pyFFTW -- GPL, never a default, only when the user
+* ``pyfftw``: FFTW through pyFFTW, planned with ``FFTW_MEASURE`` once per
+  chunk shape and thread count -- GPL, never a default, only when the user
   installed it (``pip install pyfftw``) and asked for it.
 
 Only eager CPU calls without autograd take the non-torch path: under
-``torch.compile`` and when gradients are needed the ops (torch.fft inside)
-run, so that the compiled graph and the backward stay opaque, exact adjoints.
+``torch.compile`` and when gradients are needed the ops run, so that the
+compiled graph and the backward stay opaque, exact adjoints.
 """
 from __future__ import annotations
 
@@ -132,7 +136,7 @@ def _measure(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
                    else torch.complex128)
     thr = torch.zeros((), dtype=dtype)
     runs = {"torch": lambda: torch.ops.deconv_ext.deconv2d(x, k, None, 0.0, thr, False),
-            "scipy": lambda: _scipy_deconv2d(x, k, None, 0.0, thr)}
+            "scipy": lambda: _numpy_deconv2d(x, k, None, 0.0, thr)}
     samples = {n: [] for n in runs}
     budget = time.perf_counter() + 1.0  # cap the tuning cost of one shape
     for r in range(7):
@@ -165,14 +169,68 @@ def _workers() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _fft_module(name: str):
-    if name == "scipy":
-        import scipy.fft as sf
+class _FFTWPair:
+    """Planned FFTW transforms of one chunk shape (pyFFTW builders, FFTW_MEASURE).
 
-        return sf, {"workers": _workers()}
-    import pyfftw.interfaces.numpy_fft as pf
+    The inverse reads the forward's output array in place (no copy between
+    them); each call gets a fresh output array. An FFTW plan object holds its
+    arrays, so one pair serves one call at a time (concurrent calls of the
+    same shape take turns on its lock).
+    """
 
-    return pf, {"threads": _workers()}
+    def __init__(self, shape: Tuple[int, ...], dtype: torch.dtype, threads: int):
+        import pyfftw
+        import pyfftw.builders as fb
+
+        self.np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        kw = dict(threads=threads, planner_effort="FFTW_MEASURE")
+        self.fwd = fb.rfft2(pyfftw.empty_aligned(shape, dtype=self.np_dtype), **kw)
+        # avoid_copy: the inverse's input array IS the forward's output array.
+        self.inv = fb.irfft2(self.fwd.output_array, s=shape[-2:], avoid_copy=True, **kw)
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray, middle, out: np.ndarray) -> None:
+        """``out = irfft2(middle(rfft2(x)))``; ``out`` C-contiguous, x's shape."""
+        direct = out.ctypes.data % self.inv.output_alignment == 0
+        with self.lock:
+            Y = self.fwd(x)                     # the forward's output array
+            middle(torch.from_numpy(Y))         # in place
+            # Normalised by 1/(HW); consumes Y. Straight into out when aligned.
+            result = self.inv(output_array=out if direct else None)
+            if not direct:
+                np.copyto(out, result)
+
+
+_fftw_pairs: Dict[tuple, _FFTWPair] = {}
+_MAX_FFTW_PAIRS = 16
+
+
+def _fftw_pair(shape: Tuple[int, ...], dtype: torch.dtype) -> _FFTWPair:
+    key = (shape, dtype, _workers())
+    with _lock:
+        pair = _fftw_pairs.get(key)
+    if pair is None:
+        pair = _FFTWPair(shape, dtype, key[2])  # planning (FFTW_MEASURE) outside the lock
+        with _lock:
+            pair = _fftw_pairs.setdefault(key, pair)
+            while len(_fftw_pairs) > _MAX_FFTW_PAIRS:
+                _fftw_pairs.pop(next(iter(_fftw_pairs)))
+    return pair
+
+
+def _numpy_pipeline(name: str, x: torch.Tensor, middle, out: torch.Tensor) -> None:
+    """``out = irfft2(middle(rfft2(x)))`` of one contiguous CPU chunk with
+    scipy's pocketfft or planned FFTW; ``middle`` works on the spectrum in
+    place; ``out`` is a contiguous tensor of x's shape and dtype."""
+    if name == "pyfftw":
+        _fftw_pair(tuple(x.shape), x.dtype)(x.numpy(), middle, out.numpy())
+        return
+    import scipy.fft as sf
+
+    workers = _workers()
+    Y = torch.from_numpy(np.ascontiguousarray(sf.rfft2(x.numpy(), workers=workers)))
+    middle(Y)
+    np.copyto(out.numpy(), sf.irfft2(Y.numpy(), s=tuple(x.shape[-2:]), workers=workers))
 
 
 # As csrc/pipeline.cpp: a batch is transformed chunk by chunk along dim 0, so
@@ -181,35 +239,30 @@ CHUNK_ELEMENTS = 1 << 18
 
 
 def _by_chunks(x: torch.Tensor, operands, fn) -> torch.Tensor:
-    """``fn(x[rows], *operands[rows])`` for chunks of dim 0, into one output.
+    """``fn(x[rows], *operands[rows], out[rows])`` for chunks of dim 0: each
+    writes its chunk of one contiguous output.
 
     An operand is sliced with its sample when it has x's dims and batch size
     (a per-sample kernel); otherwise it broadcasts as it is.
     """
-    if x.dim() < 3 or x.shape[0] <= 1:
-        return fn(x, *operands)
-    step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
-    if step >= x.shape[0]:
-        return fn(x, *operands)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.dim() < 3 or x.shape[0] <= 1:
+        fn(x, *operands, out)
+        return out
+    step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
     for start in range(0, x.shape[0], step):
         rows = slice(start, start + step)
         ops = [t[rows] if isinstance(t, torch.Tensor) and t.dim() == x.dim()
                and t.shape[0] == x.shape[0] else t for t in operands]
-        out[rows] = fn(x[rows], *ops)
+        fn(x[rows], *ops, out[rows])  # out[rows]: contiguous (a slice of dim 0)
     return out
 
 
-def _scipy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
+def _numpy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
     from ._C import spectral_solve_
 
-    mod, kw = _fft_module(name)
-    size = tuple(image.shape[-2:])
-
-    def solve(x, k, reg, thresh):
-        Y = torch.from_numpy(np.ascontiguousarray(mod.rfft2(x.numpy(), **kw)))
-        spectral_solve_(Y, k, reg, eps, thresh)  # our own buffer: in place
-        return torch.from_numpy(np.ascontiguousarray(mod.irfft2(Y.numpy(), s=size, **kw)))
+    def solve(x, k, reg, thresh, out):
+        _numpy_pipeline(name, x, lambda Y: spectral_solve_(Y, k, reg, eps, thresh), out)
 
     return _by_chunks(image.contiguous(), (k, reg, thresh), solve)
 
@@ -224,7 +277,7 @@ def deconv2d(name: str, image, k, reg, eps, thresh):
         from ._C import deconv2d as cpp_deconv2d
 
         return cpp_deconv2d(image, k, reg, eps, thresh, False)
-    return _scipy_deconv2d(image, k, reg, eps, thresh, name)
+    return _numpy_deconv2d(image, k, reg, eps, thresh, name)
 
 
 def filter2d(name: str, x, k, conj: bool):
@@ -233,14 +286,8 @@ def filter2d(name: str, x, k, conj: bool):
         from ._C import filter2d as cpp_filter2d
 
         return cpp_filter2d(x, k, conj)
-    from ._C import spectral_mul
 
-    mod, kw = _fft_module(name)
-    size = tuple(x.shape[-2:])
-
-    def apply(xc, k):
-        X = torch.from_numpy(np.ascontiguousarray(mod.rfft2(xc.numpy(), **kw)))
-        return torch.from_numpy(np.ascontiguousarray(
-            mod.irfft2(spectral_mul(X, k, conj).numpy(), s=size, **kw)))
+    def apply(xc, k, out):
+        _numpy_pipeline(name, xc, lambda Y: Y.mul_(k.conj() if conj else k), out)
 
     return _by_chunks(x.contiguous(), (k,), apply)

@@ -135,3 +135,21 @@ def test_plan_cache_keeps_no_huge_spectra(gen, monkeypatch):
     dx.deconvolve(torch.randn(40, 40, generator=gen, dtype=torch.float64), psf)  # > 1/4 budget
     assert len(plan_cache._plans) == 4
     plan_cache.clear()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_planned_fftw_backend_equals_torch_backend(gen, monkeypatch, dtype, tol):
+    """The optional FFTW backend (planned pyFFTW; GPL, not installed by default)."""
+    pytest.importorskip("pyfftw")
+    y = torch.randn(5, 2, 200, 180, generator=gen, dtype=dtype)     # chunks of 3 samples
+    psf = torch.rand(5, 1, 4, 3, generator=gen, dtype=dtype) + 0.1
+    plan = dx.DeconvPlan(psf, (200, 180), eps=1e-3)
+    monkeypatch.setenv("DECONV_EXT_FFT", "torch")
+    expect = (plan(y), plan.blur(y), plan.adjoint(y))
+    monkeypatch.setenv("DECONV_EXT_FFT", "pyfftw")
+    for _ in range(2):  # the second call reuses the plans and their arrays
+        got = (plan(y), plan.blur(y), plan.adjoint(y))
+        for a, b in zip(got, expect):
+            assert a.dtype == dtype and a.shape == b.shape
+            assert rel_err(a, b) <= tol
+    assert not torch.equal(got[0], got[1])  # fresh outputs, not one reused buffer
