@@ -19,6 +19,7 @@
 #include "dct.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/MathConstants.h>
 #include <c10/util/complex.h>
 
 #include "fft.h"
@@ -60,7 +61,7 @@ template <typename T>
 std::vector<c10::complex<T>> twiddles(int64_t count, int64_t n) {
   std::vector<c10::complex<T>> t(count);
   for (int64_t i = 0; i < count; ++i) {
-    const double a = M_PI * double(i) / (2.0 * double(n));
+    const double a = c10::pi<double> * double(i) / (2.0 * double(n));
     t[i] = c10::complex<T>(T(std::cos(a)), T(std::sin(a)));
   }
   return t;
@@ -86,8 +87,8 @@ void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
       const int64_t k2 = (H - k) % H;  // the paired row
       if (k2 < k) continue;
       const bool has_h = k > 0, self = k2 == k;
-      T* __restrict__ row = reinterpret_cast<T*>(V + k * Wh);
-      T* __restrict__ row2 = reinterpret_cast<T*>(V + k2 * Wh);
+      T* row = reinterpret_cast<T*>(V + k * Wh);   // the same row as row2 when self
+      T* row2 = reinterpret_cast<T*>(V + k2 * Wh);
       const T* fk = f + k * W;
       const T* fk2 = f + k2 * W;
       const T ck = eh[k].real(), sk = eh[k].imag(), ck2 = eh[k2].real(), sk2 = eh[k2].imag();
@@ -125,10 +126,11 @@ void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
         for (int64_t l = 1; l <= last_mirror; ++l) column(l);
         continue;
       }
-      // Rows k and H-k (both exist, 0 < k < H/2): columns 1..last_mirror.
-#pragma GCC ivdep
+      // Rows k and H-k (two distinct rows, 0 < k < H/2): columns 1..last_mirror.
+      T* __restrict__ ra = row;
+      T* __restrict__ rb = row2;
       for (int64_t l = 1; l <= last_mirror; ++l) {
-        const T ar = row[2 * l], ai = row[2 * l + 1], br = row2[2 * l], bi = row2[2 * l + 1];
+        const T ar = ra[2 * l], ai = ra[2 * l + 1], br = rb[2 * l], bi = rb[2 * l + 1];
         const T c = cw[l], s_ = sw[l];
         // t1 = e^{i(th+ph)}, t2 = e^{i(ph-th)} for row k; t1', t2' for row H-k.
         const T p = ck * c - sk * s_, q = sk * c + ck * s_;
@@ -145,10 +147,10 @@ void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
         // o = t1 (re, im) with re = s_kl - s_hwl, im = -(s_hl + s_kwl); row H-k likewise.
         const T re1 = s_kl - s_hwl, im1 = -(s_hl + s_kwl);
         const T re2 = s_hl - s_kwl, im2 = -(s_kl + s_hwl);
-        row[2 * l] = p * re1 - q * im1;
-        row[2 * l + 1] = p * im1 + q * re1;
-        row2[2 * l] = p2 * re2 - q2 * im2;
-        row2[2 * l + 1] = p2 * im2 + q2 * re2;
+        ra[2 * l] = p * re1 - q * im1;
+        ra[2 * l + 1] = p * im1 + q * re1;
+        rb[2 * l] = p2 * re2 - q2 * im2;
+        rb[2 * l + 1] = p2 * im2 + q2 * re2;
       }
     }
   });
@@ -201,8 +203,9 @@ at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
   at::Tensor out = at::empty(image.sizes(), image.options().memory_format(at::MemoryFormat::Contiguous));
   if (image.numel() == 0) return out;
   const int64_t H = image.size(-2), W = image.size(-1);
-  const at::Tensor x3 = image.contiguous().view({-1, H, W});
-  const at::Tensor f = filter.contiguous();
+  // Raw data is read: lazily negated views are materialised first.
+  const at::Tensor x3 = image.resolve_neg().contiguous().view({-1, H, W});
+  const at::Tensor f = filter.resolve_neg().contiguous();
   at::Tensor out3 = out.view({-1, H, W});
   if (image.scalar_type() == at::kFloat) {
     solve_planes<float>(x3, f, out3);

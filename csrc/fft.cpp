@@ -25,6 +25,9 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <new>
+
+#include <pthread.h>
 
 #ifdef DECONV_EXT_MKL_DFTI
 #include <mkl_dfti.h>
@@ -86,7 +89,7 @@ struct Key {
 MKL_LONG as_mkl(int64_t v) { return static_cast<MKL_LONG>(v); }
 
 void check(MKL_LONG status, const char* what) {
-  TORCH_CHECK(status == 0 || DftiErrorClass(status, DFTI_NO_ERROR), "MKL DFTI ", what,
+  TORCH_CHECK(status == 0, "MKL DFTI ", what,
               " failed: ", DftiErrorMessage(status));
 }
 
@@ -160,6 +163,12 @@ DescriptorPtr descriptor(Kind kind, bool dbl, int64_t batch, int64_t h, int64_t 
   // could run after MKL's own teardown.
   static auto* mutex = new std::mutex();
   static auto* cache = new std::list<std::pair<Key, DescriptorPtr>>();
+  // A child forked while another thread held the lock (a DataLoader worker)
+  // would wait on it forever: it starts with a fresh, unlocked mutex.
+  static const bool at_fork = [] {
+    return pthread_atfork(nullptr, nullptr, [] { new (mutex) std::mutex(); }) == 0;
+  }();
+  (void)at_fork;
   const Key key{kind, dbl, batch, h, w, std::max(1, at::get_num_threads())};
   {
     std::lock_guard<std::mutex> guard(*mutex);
@@ -178,7 +187,7 @@ DescriptorPtr descriptor(Kind kind, bool dbl, int64_t batch, int64_t h, int64_t 
 }
 
 bool use_mkl(const at::Tensor& t, int64_t h, int64_t w) {
-  // MKL's descriptors want lengths of at least 2; tiny planes gain nothing.
+  // Planes of one row or column gain nothing from the descriptors here.
   return mkl_dfti_enabled() && t.device().is_cpu() && h >= 2 && w >= 2;
 }
 
@@ -196,7 +205,8 @@ void columns(const at::Tensor& X, bool forward) {
 }
 
 at::Tensor rfft2_mkl(const at::Tensor& x_) {
-  const at::Tensor x = x_.contiguous();
+  // Raw data is read below: a lazily negated view must be materialised.
+  const at::Tensor x = x_.resolve_neg().contiguous();
   const int64_t h = x.size(-2), w = x.size(-1), wf = w / 2 + 1, batch = x.numel() / (h * w);
   const bool dbl = x.scalar_type() == at::kDouble;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -218,6 +228,7 @@ at::Tensor rfft2_mkl(const at::Tensor& x_) {
 }
 
 void irfft2_mkl(at::Tensor X, at::Tensor& out) {
+  X = X.resolve_conj().resolve_neg();  // raw data below; views are copied
   if (!X.is_contiguous()) X = X.contiguous();
   const int64_t h = X.size(-2), wf = X.size(-1), w = out.size(-1), batch = X.numel() / (h * wf);
   const bool dbl = X.scalar_type() == at::kComplexDouble;
@@ -249,6 +260,15 @@ bool mkl_dfti_enabled() {
 }
 
 at::Tensor rfft2(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "rfft2: expected a float32 or float64 tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2 && x.size(-2) > 0 && x.size(-1) > 0,
+              "rfft2: expected (..., H, W) with H, W > 0, got ", x.sizes());
+  if (x.numel() == 0) {  // an empty batch: no transform to plan
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = x.size(-1) / 2 + 1;
+    return at::zeros(shape, x.options().dtype(c10::toComplexType(x.scalar_type())));
+  }
 #ifdef DECONV_EXT_MKL_DFTI
   if (use_mkl(x, x.size(-2), x.size(-1))) return rfft2_mkl(x);
 #endif
@@ -262,6 +282,7 @@ void irfft2_into(at::Tensor X, at::Tensor& out) {
                   out.scalar_type() == c10::toRealValueType(X.scalar_type()),
               "irfft2_into: a half spectrum of shape ", X.sizes(), " does not fit an output of "
               "shape ", out.sizes(), " and dtype ", out.scalar_type());
+  if (out.numel() == 0) return;
 #ifdef DECONV_EXT_MKL_DFTI
   if (use_mkl(X, X.size(-2), width)) {
     irfft2_mkl(X, out);

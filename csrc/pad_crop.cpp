@@ -73,9 +73,10 @@ struct Planes {
 };
 
 // Leading dims are collapsed with reshape, which is a view whenever the
-// strides allow it (a copy only for exotic layouts).
+// strides allow it (a copy only for exotic layouts). The loops read raw
+// data, so a lazily negated view is materialised first.
 at::Tensor as_planes(const at::Tensor& x) {
-  return x.reshape({-1, x.size(-2), x.size(-1)});
+  return x.resolve_neg().reshape({-1, x.size(-2), x.size(-1)});
 }
 
 Planes planes_of(const at::Tensor& x3) {

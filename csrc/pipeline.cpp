@@ -134,8 +134,9 @@ std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const
                                                    double eps, const at::Tensor& thresh,
                                                    bool adjoint) {
   check_real_image(image, "image", k);
-  TORCH_CHECK(grad.sizes() == image.sizes(), "grad shape ", grad.sizes(), " != image shape ",
-              image.sizes());
+  TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type(),
+              "grad (", grad.scalar_type(), " ", grad.sizes(), ") must match image (",
+              image.scalar_type(), " ", image.sizes(), ")");
   const at::Tensor G = irfft2_backward(grad), Y = rfft2(image);
   if (!adjoint) return spectral_solve_backward(G, Y, k, reg, eps, thresh);
   // The adjoint solve is the solve with conj(K); the chain rule through the
@@ -154,7 +155,9 @@ at::Tensor filter2d(const at::Tensor& x, const at::Tensor& k, bool conj) {
 
 at::Tensor filter2d_grad_k(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef k_shape,
                            bool conj) {
-  TORCH_CHECK(grad.sizes() == x.sizes(), "grad shape ", grad.sizes(), " != x shape ", x.sizes());
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), "grad (",
+              grad.scalar_type(), " ", grad.sizes(), ") must match x (", x.scalar_type(), " ",
+              x.sizes(), ")");
   return spectral_mul_grad_k(irfft2_backward(grad), rfft2(x), k_shape, conj);
 }
 

@@ -273,7 +273,9 @@ std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
   check_spectrum(grad, "grad");
   check_spectrum(y, "y");
   check_spectrum(k, "k");
-  TORCH_CHECK(grad.sizes() == y.sizes(), "grad shape ", grad.sizes(), " != y shape ", y.sizes());
+  TORCH_CHECK(grad.sizes() == y.sizes() && grad.scalar_type() == y.scalar_type(), "grad (",
+              grad.scalar_type(), " ", grad.sizes(), ") must match y (", y.scalar_type(), " ",
+              y.sizes(), ")");
   check_broadcasts(k, y, "k");
   check_broadcasts(thresh, y, "thresh");
   const bool has_reg = reg.has_value() && reg->defined();
@@ -310,7 +312,9 @@ at::Tensor spectral_mul_grad_k(const at::Tensor& grad, const at::Tensor& y,
                                at::IntArrayRef k_shape, bool conj) {
   check_spectrum(grad, "grad");
   check_spectrum(y, "y");
-  TORCH_CHECK(grad.sizes() == y.sizes(), "grad shape ", grad.sizes(), " != y shape ", y.sizes());
+  TORCH_CHECK(grad.sizes() == y.sizes() && grad.scalar_type() == y.scalar_type(), "grad (",
+              grad.scalar_type(), " ", grad.sizes(), ") must match y (", y.scalar_type(), " ",
+              y.sizes(), ")");
   // s = K Y: dL/dK = g conj(Y); s = conj(K) Y: dL/dK = conj(g) Y = conj(g conj(Y)).
   at::Tensor prod = spectral_mul(grad, y, /*conj=*/true);
   at::Tensor out = at::sum_to(prod, k_shape);

@@ -183,3 +183,29 @@ def test_dct_solve_rejects_a_wrong_filter():
         _C.dct_solve(torch.rand(6, 5), torch.rand(5, 6))
     with pytest.raises(RuntimeError, match="filter must be"):
         _C.dct_solve(torch.rand(6, 5), torch.rand(6, 5, dtype=torch.float64))
+
+
+def test_bad_dtypes_and_lazy_views_of_the_fft_paths(gen):
+    """Found in review: half/bfloat16 or mismatched grads reached raw MKL calls (heap
+    corruption); a lazily negated view was read without its sign; an empty batch
+    had no descriptor."""
+    g = torch.randn(8, 8, generator=gen)
+    k = torch.randn(8, 5, generator=gen, dtype=torch.complex64)
+    for bad in (g.half(), g.bfloat16(), g.to(torch.int32)):
+        with pytest.raises(RuntimeError, match="expected a float32 or float64|must match"):
+            _C.filter2d_grad_k(bad, bad, [8, 5], False)
+    with pytest.raises(RuntimeError, match="must match image"):
+        _C.deconv2d_grad_k(g.half(), g, k, None, 0.1, torch.zeros(()), False)
+    with pytest.raises(RuntimeError, match="must match image"):
+        _C.deconv2d_grad_k(g, g.double(), k.to(torch.complex128), None, 0.1,
+                           torch.zeros((), dtype=torch.float64), False)
+    x = torch.randn(3, 10, 12, generator=gen, dtype=torch.float64)
+    kk = torch.randn(10, 7, generator=gen, dtype=torch.complex128)
+    neg = torch._neg_view(x)
+    assert neg.is_neg() and neg.is_contiguous()
+    assert rel(_C.filter2d(neg, kk, False), filter2d_oracle(-x, kk, False)) <= 1e-13
+    f = torch.randn(10, 12, generator=gen, dtype=torch.float64)
+    assert torch.allclose(_C.dct_solve(neg, f), -_C.dct_solve(x, f), rtol=0, atol=1e-13)
+    empty = torch.zeros(0, 3, 10, 12, dtype=torch.float64)
+    assert _C.filter2d_grad_k(empty, empty, [10, 7], False).abs().sum() == 0
+    assert _C.filter2d(empty, kk, False).shape == empty.shape
