@@ -10,15 +10,18 @@ a boundary model (reflect, zeros) by 9x9 Gaussian (sigma 2), 21x21 Gaussian
 * deepinv ``Blur(...).A_dagger`` if deepinv is importable (not installed here).
 
 Then, per boundary, CG iterations to relative residual 1e-6 with the DCT,
-FFT and no preconditioner (9x9 Gaussian), and the DCT direct solve vs the
-circular solve time. Default run: ~2-3 minutes on 2 CPU cores.
+FFT and no preconditioner (9x9 Gaussian), and a table of the fast paths
+(padded, DCT) as multiples of the circular solve, measured side by side in
+float32 and float64. Default run: ~3 minutes on 2 CPU cores.
 
-Usage: python benchmarks/bench_boundary.py [--size 512] [--threads 2]
+Usage: python benchmarks/bench_boundary.py [--size 512] [--threads 2] [--speed-only]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -26,6 +29,9 @@ import numpy as np
 import torch
 
 import deconv_ext as dx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import markdown_table, median_times  # noqa: E402
 
 
 def gaussian(k, sigma):
@@ -67,6 +73,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=200, help="rounds of the speed table")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the table of fast paths vs the circular solve")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from skimage import data, transform
@@ -75,6 +84,9 @@ def main():
     if img.shape != (args.size, args.size):
         img = transform.resize(img, (args.size, args.size), anti_aliasing=True)
     img = torch.from_numpy(img)
+    if args.speed_only:
+        print(speed_table(img, rounds=args.rounds))
+        return
     gen = torch.Generator().manual_seed(0)
     eps = 1e-3
     psfs = [("gauss9 s2", gaussian(9, 2.0)), ("gauss21 s5", gaussian(21, 5.0)),
@@ -131,14 +143,35 @@ def main():
             row.append(f"{pc}: {info.max_iterations:3d}{flag:4s} [{t:5.2f}]")
         print(f"  {b:9s} " + "   ".join(row))
 
-    print("\nDCT direct solve (boundary='symmetric', gauss9 s2) vs circular FFT solve, median of 5:")
-    y = dx.convolve(img, psf, boundary="symmetric")
-    _, t_circ = timed(lambda: dx.deconvolve(y, psf, eps=eps), repeat=5)
-    _, t_dct = timed(lambda: dx.deconvolve(y, psf, eps=eps, boundary="symmetric", solver="dct"),
-                     repeat=5)
-    _, t_pad = timed(lambda: dx.deconvolve(y, psf, eps=eps, boundary="symmetric"), repeat=5)
-    print(f"  circular {t_circ * 1e3:.1f} ms, padded {t_pad * 1e3:.1f} ms "
-          f"({t_pad / t_circ:.2f}x), dct {t_dct * 1e3:.1f} ms ({t_dct / t_circ:.2f}x)")
+    print()
+    print(speed_table(img, rounds=args.rounds))
+
+
+def speed_table(img: torch.Tensor, rounds: int = 200) -> str:
+    """Fast paths vs the circular solve, one-shot calls, side by side (median_times).
+
+    gauss9 s2, eps 1e-3, on ``img`` in float32 and float64: the padded fast
+    path (reflect, zeros) and the DCT direct solve (symmetric) as multiples
+    of the circular solve of the same image.
+    """
+    psf64 = gaussian(9, 2.0)
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        psf = psf64.to(dtype)
+        y = dx.convolve(img.to(dtype), psf, boundary="symmetric")
+        t = median_times({
+            "circular": lambda: dx.deconvolve(y, psf, eps=1e-3),
+            "padded reflect": lambda: dx.deconvolve(y, psf, eps=1e-3, boundary="reflect"),
+            "padded zeros": lambda: dx.deconvolve(y, psf, eps=1e-3, boundary="zeros"),
+            "DCT (symmetric)": lambda: dx.deconvolve(y, psf, eps=1e-3, boundary="symmetric",
+                                                     solver="dct"),
+        }, rounds=rounds, min_time=10.0)
+        base = t["circular"]
+        rows.append([str(dtype).replace("torch.", ""), f"{base * 1e3:.2f} ms = 1.00"]
+                    + [f"{t[k] / base:.2f}" for k in ("padded reflect", "padded zeros",
+                                                       "DCT (symmetric)")])
+    return markdown_table(["dtype", "circular", "padded reflect", "padded zeros",
+                           "DCT (symmetric)"], rows)
 
 
 if __name__ == "__main__":

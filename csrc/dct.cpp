@@ -127,8 +127,11 @@ void middle_pass(c10::complex<T>* V, const T* f, int64_t H, int64_t W,
         continue;
       }
       // Rows k and H-k (two distinct rows, 0 < k < H/2): columns 1..last_mirror.
+      // ivdep: ra and rb are distinct rows; without it the loop is not
+      // vectorised (the pass took 3x as long).
       T* __restrict__ ra = row;
       T* __restrict__ rb = row2;
+#pragma GCC ivdep
       for (int64_t l = 1; l <= last_mirror; ++l) {
         const T ar = ra[2 * l], ai = ra[2 * l + 1], br = rb[2 * l], bi = rb[2 * l + 1];
         const T c = cw[l], s_ = sw[l];
