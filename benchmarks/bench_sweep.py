@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         fns = methods_for(y, psf, threads)
         methods += [m for m in fns if m not in methods]
         # Big sizes take seconds per call: fewer rounds there keep the sweep short.
-        rounds = args.rounds or (5 if args.quick else (11 if s <= 1024 else 5))
+        rounds = args.rounds or (5 if args.quick else (41 if s <= 1024 else 5))
         print(f"timing {s}² ({rounds} rounds) ...", file=sys.stderr, flush=True)
         for k, v in median_times(fns, rounds=rounds, warmup=1).items():
             medians[(k, s)] = v

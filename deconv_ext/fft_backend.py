@@ -218,19 +218,31 @@ def _fftw_pair(shape: Tuple[int, ...], dtype: torch.dtype) -> _FFTWPair:
     return pair
 
 
-def _numpy_pipeline(name: str, x: torch.Tensor, middle, out: torch.Tensor) -> None:
-    """``out = irfft2(middle(rfft2(x)))`` of one contiguous CPU chunk with
-    scipy's pocketfft or planned FFTW; ``middle`` works on the spectrum in
-    place; ``out`` is a contiguous tensor of x's shape and dtype."""
+def _numpy_pipeline(name: str, x: torch.Tensor, middle,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``irfft2(middle(rfft2(x)))`` of one contiguous CPU chunk with scipy's
+    pocketfft or planned FFTW; ``middle`` works on the spectrum in place.
+
+    Written into ``out`` (contiguous, x's shape and dtype) when given, else
+    into a new tensor; returns it.
+    """
     if name == "pyfftw":
+        if out is None:
+            import pyfftw
+
+            out = torch.from_numpy(pyfftw.empty_aligned(tuple(x.shape), dtype=x.numpy().dtype))
         _fftw_pair(tuple(x.shape), x.dtype)(x.numpy(), middle, out.numpy())
-        return
+        return out
     import scipy.fft as sf
 
     workers = _workers()
     Y = torch.from_numpy(np.ascontiguousarray(sf.rfft2(x.numpy(), workers=workers)))
     middle(Y)
-    np.copyto(out.numpy(), sf.irfft2(Y.numpy(), s=tuple(x.shape[-2:]), workers=workers))
+    result = sf.irfft2(Y.numpy(), s=tuple(x.shape[-2:]), workers=workers)
+    if out is None:  # scipy returns a new array: no copy (peak: spectrum + output)
+        return torch.from_numpy(np.ascontiguousarray(result))
+    np.copyto(out.numpy(), result)
+    return out
 
 
 # As csrc/pipeline.cpp: a batch is transformed chunk by chunk along dim 0, so
@@ -239,17 +251,18 @@ CHUNK_ELEMENTS = 1 << 18
 
 
 def _by_chunks(x: torch.Tensor, operands, fn) -> torch.Tensor:
-    """``fn(x[rows], *operands[rows], out[rows])`` for chunks of dim 0: each
-    writes its chunk of one contiguous output.
+    """``fn(x[rows], *operands[rows], out)`` for chunks of dim 0.
 
-    An operand is sliced with its sample when it has x's dims and batch size
-    (a per-sample kernel); otherwise it broadcasts as it is.
+    One chunk: ``fn(x, *operands, None)`` returns the result. Several: each
+    writes its chunk of one contiguous output (``out[rows]``). An operand is
+    sliced with its sample when it has x's dims and batch size (a per-sample
+    kernel); otherwise it broadcasts as it is.
     """
+    step = CHUNK_ELEMENTS // max(1, x[0].numel()) if x.dim() >= 3 else 0
+    if x.dim() < 3 or x.shape[0] <= 1 or max(1, step) >= x.shape[0]:
+        return fn(x, *operands, None)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if x.dim() < 3 or x.shape[0] <= 1:
-        fn(x, *operands, out)
-        return out
-    step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
+    step = max(1, step)
     for start in range(0, x.shape[0], step):
         rows = slice(start, start + step)
         ops = [t[rows] if isinstance(t, torch.Tensor) and t.dim() == x.dim()
@@ -262,7 +275,7 @@ def _numpy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
     from ._C import spectral_solve_
 
     def solve(x, k, reg, thresh, out):
-        _numpy_pipeline(name, x, lambda Y: spectral_solve_(Y, k, reg, eps, thresh), out)
+        return _numpy_pipeline(name, x, lambda Y: spectral_solve_(Y, k, reg, eps, thresh), out)
 
     return _by_chunks(image.contiguous(), (k, reg, thresh), solve)
 
@@ -288,6 +301,6 @@ def filter2d(name: str, x, k, conj: bool):
         return cpp_filter2d(x, k, conj)
 
     def apply(xc, k, out):
-        _numpy_pipeline(name, xc, lambda Y: Y.mul_(k.conj() if conj else k), out)
+        return _numpy_pipeline(name, xc, lambda Y: Y.mul_(k.conj() if conj else k), out)
 
     return _by_chunks(x.contiguous(), (k,), apply)
