@@ -13,6 +13,8 @@
 // the compiler vectorises.
 #include "channel_mix.h"
 
+#include "alloc.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
@@ -145,7 +147,7 @@ at::Tensor channel_mix(const at::Tensor& y, const at::Tensor& g, bool adjoint) {
               adjoint ? " (adjoint) expects groups*M = " : " expects groups*N = ", cin);
   std::vector<int64_t> shape(y.sizes().begin(), y.sizes().end());
   shape[shape.size() - 3] = cout;
-  at::Tensor out = at::empty(shape, y.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_large(shape, y.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   if (y.numel() == 0) return out.zero_();
   // Raw reads ignore the lazy conjugate bit and strides: materialise both
@@ -179,7 +181,7 @@ at::Tensor channel_mix_outer(const at::Tensor& a, const at::Tensor& c, int64_t g
               a.size(-3), " and ", c.size(-3), " are not divisible by groups=", groups);
   const int64_t M = a.size(-3) / groups, N = c.size(-3) / groups;
   const int64_t H = a.size(-2), Wf = a.size(-1);
-  at::Tensor out = at::empty({groups, M, N, H, Wf}, a.options());
+  at::Tensor out = empty_large({groups, M, N, H, Wf}, a.options());
   if (out.numel() == 0) return out;
   const at::Tensor av = a.resolve_conj().contiguous();
   const at::Tensor cv = c.resolve_conj().contiguous();

@@ -18,6 +18,8 @@
 // come from V[k, l] and V[H-k, l]: so the pass runs over row pairs in place.
 #include "dct.h"
 
+#include "alloc.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/MathConstants.h>
 #include <c10/util/complex.h>
@@ -171,7 +173,7 @@ void solve_planes(const at::Tensor& x3, const at::Tensor& f, at::Tensor& out3) {
   const int64_t step = std::max<int64_t>(1, kChunkElements / (H * W));
   for (int64_t p0 = 0; p0 < n; p0 += step) {
     const int64_t m = std::min(step, n - p0);
-    at::Tensor v = at::empty({m, H, W}, x3.options());
+    at::Tensor v = empty_large({m, H, W}, x3.options());
     const T* src = x3.data_ptr<T>() + p0 * H * W;
     T* vp = v.data_ptr<T>();
     at::parallel_for(0, m * H, 64, [&](int64_t r0, int64_t r1) {
@@ -203,7 +205,7 @@ at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
               "filter must be a ", image.scalar_type(), " (", image.size(-2), ", ",
               image.size(-1), ") tensor, got ", filter.scalar_type(), " ", filter.sizes());
   TORCH_CHECK(image.device().is_cpu() && filter.device().is_cpu(), "dct_solve runs on CPU");
-  at::Tensor out = at::empty(image.sizes(), image.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_large(image.sizes(), image.options().memory_format(at::MemoryFormat::Contiguous));
   if (image.numel() == 0) return out;
   const int64_t H = image.size(-2), W = image.size(-1);
   // Raw data is read: lazily negated views are materialised first.

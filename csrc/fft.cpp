@@ -23,6 +23,8 @@
 // in blocks in place.
 #include "fft.h"
 
+#include "alloc.h"
+
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -61,7 +63,7 @@ at::Tensor irfft2_torch(at::Tensor X, int64_t w) {
   }
   std::vector<int64_t> shape(X.sizes().begin(), X.sizes().end());
   shape.back() = w;
-  at::Tensor out = at::empty(shape, X.options().dtype(c10::toRealValueType(X.scalar_type())));
+  at::Tensor out = empty_large(shape, X.options().dtype(c10::toRealValueType(X.scalar_type())));
   const int64_t rows = std::max<int64_t>(1, kBlockElements / wf);
   for (int64_t r0 = 0; r0 < h; r0 += rows) {
     const int64_t n = std::min(rows, h - r0);
@@ -248,7 +250,7 @@ at::Tensor rfft2_mkl(const at::Tensor& x_) {
   const bool dbl = x.scalar_type() == at::kDouble;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = wf;
-  at::Tensor Y = at::empty(shape, x.options().dtype(c10::toComplexType(x.scalar_type())));
+  at::Tensor Y = empty_large(shape, x.options().dtype(c10::toComplexType(x.scalar_type())));
   if (h * w < kSeparablePlane) {
     const DescriptorPtr d = descriptor(Kind::kForward2d, dbl, batch, h, w);
     check(DftiComputeForward(d->handle, x.data_ptr(), Y.data_ptr()), "compute");

@@ -10,6 +10,8 @@
 //       back).
 #include "pad_crop.h"
 
+#include "alloc.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -174,7 +176,7 @@ at::Tensor pad(const at::Tensor& x, int64_t top, int64_t left, int64_t height, i
   TORCH_CHECK(height >= 0 && width >= 0, "pad: output size must be >= 0, got ", height, "x",
               width);
   TORCH_CHECK(h > 0 && w > 0 || x.numel() == 0, "pad: empty image plane");
-  at::Tensor out = at::empty(with_last2(x.sizes(), height, width),
+  at::Tensor out = empty_large(with_last2(x.sizes(), height, width),
                              x.options().dtype(compute_dtype(x.scalar_type()))
                                  .memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
@@ -200,7 +202,7 @@ at::Tensor pad_backward(const at::Tensor& grad, int64_t top, int64_t left, int64
               "x", width);
   const auto st = compute_dtype(grad.scalar_type());
   at::Tensor g = grad.scalar_type() == st ? grad : grad.to(st);
-  at::Tensor out = at::empty(with_last2(grad.sizes(), height, width),
+  at::Tensor out = empty_large(with_last2(grad.sizes(), height, width),
                              grad.options().dtype(st).memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const auto rows = index_map(grad.size(-2), top, height, m);
@@ -225,7 +227,7 @@ at::Tensor crop(const at::Tensor& x, int64_t top, int64_t left, int64_t height, 
                   top + height <= x.size(-2) && left + width <= x.size(-1),
               "crop: window (", top, ", ", left, ", ", height, ", ", width,
               ") does not fit in ", x.size(-2), "x", x.size(-1));
-  at::Tensor out = at::empty(with_last2(x.sizes(), height, width),
+  at::Tensor out = empty_large(with_last2(x.sizes(), height, width),
                              x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   // A crop is a pad whose window lies inside the image: same loop, no

@@ -9,6 +9,8 @@
 // the FFTs inside the op there is no complex buffer for it to rewrite.
 #include "pipeline.h"
 
+#include "alloc.h"
+
 #include "fft.h"
 #include "pad_crop.h"
 #include "spectral.h"
@@ -69,7 +71,7 @@ c10::optional<at::Tensor> rows_of(const c10::optional<at::Tensor>& t, const at::
 // no copy: copying chunk results took 4% of a call at 8x3x256x256).
 template <typename Fn>
 at::Tensor by_chunks(const at::Tensor& x, Fn fn) {
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_large(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t step = chunk_rows(x);
   if (x.dim() < 3 || step >= x.size(0)) {
     fn(x, 0, x.dim() < 3 ? 1 : x.size(0), out);

@@ -7,6 +7,8 @@
 // dimension (batch x rows) with at::parallel_for.
 #include "spectral.h"
 
+#include "alloc.h"
+
 #include <ATen/TensorIterator.h>
 #include <ATen/Dispatch.h>
 #include <c10/util/complex.h>
@@ -220,7 +222,7 @@ void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
 at::Tensor spectral_solve(const at::Tensor& y, const at::Tensor& k,
                           const c10::optional<at::Tensor>& reg, double eps,
                           const at::Tensor& thresh) {
-  at::Tensor out = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_large(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
   run_solve(out, y, k, reg, eps, thresh);
   return out;
 }
@@ -249,7 +251,7 @@ at::Tensor spectral_mul(const at::Tensor& y, const at::Tensor& k, bool conj) {
   check_broadcasts(k, y, "k");
   const at::Tensor yv = y.resolve_conj();
   const at::Tensor kv = k.resolve_conj();
-  at::Tensor out = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_large(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   at::TensorIterator iter = at::TensorIteratorConfig()
                                 .add_output(out)
@@ -282,8 +284,8 @@ std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
   if (has_reg) check_broadcasts(*reg, y, "reg");
   const auto real_t = c10::toRealValueType(y.scalar_type());
   auto opts = y.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor gk_full = at::empty(y.sizes(), opts);
-  at::Tensor gp_full = at::empty(y.sizes(), opts.dtype(real_t));
+  at::Tensor gk_full = empty_large(y.sizes(), opts);
+  at::Tensor gp_full = empty_large(y.sizes(), opts.dtype(real_t));
   if (y.numel() > 0) {
     auto cfg = at::TensorIteratorConfig();
     cfg.add_output(gk_full).add_output(gp_full);
