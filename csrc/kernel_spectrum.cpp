@@ -63,7 +63,8 @@ at::Tensor kernel_spectrum_backward(const at::Tensor& grad, int64_t kh, int64_t 
 }
 
 at::Tensor spectral_power(const at::Tensor& k) {
-  TORCH_CHECK(k.is_complex(), "k must be complex, got ", k.scalar_type());
+  TORCH_CHECK(k.scalar_type() == at::kComplexFloat || k.scalar_type() == at::kComplexDouble,
+              "k must be complex64 or complex128, got ", k.scalar_type());
   // |k|^2 = re^2 + im^2 in one pass (square then sum over a view_as_real took
   // two, with a temporary twice the output's size). The conj bit does not
   // change it; a neg bit does not either.

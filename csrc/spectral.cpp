@@ -204,12 +204,15 @@ void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
     check_broadcasts(*reg, y, "reg");
   }
   if (y.numel() == 0) return;
-  // Raw reads ignore the lazy conjugate bit: materialise it (DESIGN.md section 5).
-  const at::Tensor yv = y.resolve_conj();
-  const at::Tensor kv = k.resolve_conj();
+  // Raw reads ignore the lazy conjugate and negative bits: materialise them
+  // (DESIGN.md section 5).
+  const at::Tensor yv = y.resolve_conj().resolve_neg();
+  const at::Tensor kv = k.resolve_conj().resolve_neg();
+  const at::Tensor tv = thresh.resolve_neg();
   auto cfg = at::TensorIteratorConfig();
-  cfg.add_output(out).add_const_input(yv).add_const_input(kv).add_const_input(thresh);
-  if (has_reg) cfg.add_const_input(*reg);
+  cfg.add_output(out).add_const_input(yv).add_const_input(kv).add_const_input(tv);
+  const at::Tensor rv = has_reg ? reg->resolve_neg() : at::Tensor();
+  if (has_reg) cfg.add_const_input(rv);
   cfg.check_all_same_dtype(false).resize_outputs(false).set_check_mem_overlap(false);
   at::TensorIterator iter = cfg.build();
   AT_DISPATCH_FLOATING_TYPES(real_t, "spectral_solve", [&] {
@@ -239,7 +242,8 @@ at::Tensor spectral_solve_adjoint(const at::Tensor& y, const at::Tensor& k,
 
 void spectral_solve_(at::Tensor& y, const at::Tensor& k, const c10::optional<at::Tensor>& reg,
                      double eps, const at::Tensor& thresh) {
-  TORCH_CHECK(!y.is_conj(), "spectral_solve_: y must not carry a lazy conjugate bit");
+  TORCH_CHECK(!y.is_conj() && !y.is_neg(),
+              "spectral_solve_: y must not carry a lazy conjugate or negative bit");
   run_solve(y, y, k, reg, eps, thresh);
 }
 
@@ -249,8 +253,8 @@ at::Tensor spectral_mul(const at::Tensor& y, const at::Tensor& k, bool conj) {
   TORCH_CHECK(k.scalar_type() == y.scalar_type(), "k dtype ", k.scalar_type(),
               " differs from y dtype ", y.scalar_type());
   check_broadcasts(k, y, "k");
-  const at::Tensor yv = y.resolve_conj();
-  const at::Tensor kv = k.resolve_conj();
+  const at::Tensor yv = y.resolve_conj().resolve_neg();
+  const at::Tensor kv = k.resolve_conj().resolve_neg();
   at::Tensor out = empty_large(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   at::TensorIterator iter = at::TensorIteratorConfig()
@@ -289,9 +293,11 @@ std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
   if (y.numel() > 0) {
     auto cfg = at::TensorIteratorConfig();
     cfg.add_output(gk_full).add_output(gp_full);
-    const at::Tensor gv = grad.resolve_conj(), yv = y.resolve_conj(), kv = k.resolve_conj();
-    cfg.add_const_input(gv).add_const_input(yv).add_const_input(kv).add_const_input(thresh);
-    if (has_reg) cfg.add_const_input(*reg);
+    const at::Tensor gv = grad.resolve_conj().resolve_neg(), yv = y.resolve_conj().resolve_neg(),
+                     kv = k.resolve_conj().resolve_neg(), tv = thresh.resolve_neg();
+    cfg.add_const_input(gv).add_const_input(yv).add_const_input(kv).add_const_input(tv);
+    const at::Tensor rv = has_reg ? reg->resolve_neg() : at::Tensor();
+    if (has_reg) cfg.add_const_input(rv);
     cfg.check_all_same_dtype(false).resize_outputs(false);
     at::TensorIterator iter = cfg.build();
     AT_DISPATCH_FLOATING_TYPES(real_t, "spectral_solve_backward", [&] {

@@ -188,18 +188,27 @@ class _FFTWPair:
         self.fwd = fb.rfft2(pyfftw.empty_aligned(shape, dtype=self.np_dtype), **kw)
         # avoid_copy: the inverse's input array IS the forward's output array.
         self.inv = fb.irfft2(self.fwd.output_array, s=shape[-2:], avoid_copy=True, **kw)
+        # The plans' own arrays: a call may rebind a plan to the caller's
+        # (aligned) input or output, and pyFFTW would later copy a misaligned
+        # input into -- or write a result into -- whatever array it holds.
+        # They are rebound to these after every call.
+        self._input, self._output = self.fwd.input_array, self.inv.output_array
         self.lock = threading.Lock()
 
     def __call__(self, x: np.ndarray, middle, out: np.ndarray) -> None:
         """``out = irfft2(middle(rfft2(x)))``; ``out`` C-contiguous, x's shape."""
         direct = out.ctypes.data % self.inv.output_alignment == 0
         with self.lock:
-            Y = self.fwd(x)                     # the forward's output array
-            middle(torch.from_numpy(Y))         # in place
-            # Normalised by 1/(HW); consumes Y. Straight into out when aligned.
-            result = self.inv(output_array=out if direct else None)
-            if not direct:
-                np.copyto(out, result)
+            try:
+                Y = self.fwd(x)                 # the forward's output array
+                middle(torch.from_numpy(Y))     # in place
+                # Normalised by 1/(HW); consumes Y. Straight into out when aligned.
+                result = self.inv(output_array=out if direct else None)
+                if not direct:
+                    np.copyto(out, result)
+            finally:
+                self.fwd.update_arrays(self._input, self.fwd.output_array)
+                self.inv.update_arrays(self.inv.input_array, self._output)
 
 
 _fftw_pairs: Dict[tuple, _FFTWPair] = {}
@@ -259,15 +268,22 @@ def _by_chunks(x: torch.Tensor, operands, fn) -> torch.Tensor:
     sliced with its sample when it has x's dims and batch size (a per-sample
     kernel); otherwise it broadcasts as it is.
     """
-    step = CHUNK_ELEMENTS // max(1, x[0].numel()) if x.dim() >= 3 else 0
-    if x.dim() >= 3:
-        # pocketfft and FFTW share a chunk's planes among the threads: give
-        # each chunk a multiple of the thread count (3 planes on 2 threads
-        # left one idle a third of the time: 1.5x FFTW's batched round trip).
-        planes = max(1, x[0].numel() // max(1, x.shape[-2] * x.shape[-1]))
-        unit = _workers() // math.gcd(_workers(), planes)
-        step = max(unit, step - step % unit)
-    if x.dim() < 3 or x.shape[0] <= 1 or step >= x.shape[0]:
+    if x.dim() < 3 or x.shape[0] <= 1:
+        return fn(x, *operands, None)
+    sample = max(1, x[0].numel())
+    step = CHUNK_ELEMENTS // sample
+    # pocketfft and FFTW share a chunk's planes among the threads: give each
+    # chunk a multiple of the thread count (3 planes on 2 threads left one
+    # idle a third of the time: 1.5x FFTW's batched round trip), unless that
+    # makes chunks far larger than CHUNK_ELEMENTS (many threads, big planes).
+    planes = max(1, sample // max(1, x.shape[-2] * x.shape[-1]))
+    unit = _workers() // math.gcd(_workers(), planes)
+    if step >= unit:
+        step -= step % unit
+    elif unit * sample <= 8 * CHUNK_ELEMENTS:
+        step = unit
+    step = max(1, step)
+    if step >= x.shape[0]:
         return fn(x, *operands, None)
     # numpy's allocator asks for transparent huge pages for large arrays (as
     # csrc/alloc.cpp does): a fresh 48 MiB torch.empty took 10 ms more to fill.
@@ -286,7 +302,8 @@ def _numpy_deconv2d(image, k, reg, eps, thresh, name: str = "scipy"):
     def solve(x, k, reg, thresh, out):
         return _numpy_pipeline(name, x, lambda Y: spectral_solve_(Y, k, reg, eps, thresh), out)
 
-    return _by_chunks(image.contiguous(), (k, reg, thresh), solve)
+    # .numpy() reads raw memory: a lazily negated view is materialised first.
+    return _by_chunks(image.resolve_neg().contiguous(), (k, reg, thresh), solve)
 
 
 def deconv2d(name: str, image, k, reg, eps, thresh):
@@ -312,4 +329,4 @@ def filter2d(name: str, x, k, conj: bool):
     def apply(xc, k, out):
         return _numpy_pipeline(name, xc, lambda Y: Y.mul_(k.conj() if conj else k), out)
 
-    return _by_chunks(x.contiguous(), (k,), apply)
+    return _by_chunks(x.resolve_neg().contiguous(), (k,), apply)

@@ -428,7 +428,7 @@ def _scipy_dct_solve(image: torch.Tensor, f: np.ndarray) -> torch.Tensor:
     """
     H, W = image.shape[-2:]
     workers = max(1, torch.get_num_threads())
-    x = image.detach().numpy()
+    x = image.detach().resolve_neg().numpy()  # .numpy() refuses a lazily negated view
     out = np.empty(x.shape, dtype=x.dtype)
     n = math.prod(x.shape[:-2])
     if n <= 1:

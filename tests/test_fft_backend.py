@@ -153,3 +153,44 @@ def test_planned_fftw_backend_equals_torch_backend(gen, monkeypatch, dtype, tol)
             assert a.dtype == dtype and a.shape == b.shape
             assert rel_err(a, b) <= tol
     assert not torch.equal(got[0], got[1])  # fresh outputs, not one reused buffer
+
+
+def test_planned_fftw_never_writes_into_callers_arrays(gen, monkeypatch):
+    """Found in review: a plan rebound to an aligned caller input later copied a
+    misaligned chunk into it (3x255x255 float32 chunks of 2 start 8 bytes off)."""
+    pytest.importorskip("pyfftw")
+    psf = torch.rand(5, 5, generator=gen) + 0.1
+    plan = dx.DeconvPlan(psf, (255, 255), eps=1e-2)
+    y = torch.rand(5, 3, 255, 255, generator=gen)
+    a = torch.rand(6, 255, 255, generator=gen)
+    y0, a0 = y.clone(), a.clone()
+    monkeypatch.setenv("DECONV_EXT_FFT", "torch")
+    want_y, want_a = plan(y), plan(a)
+    monkeypatch.setenv("DECONV_EXT_FFT", "pyfftw")
+    got_a = plan(a)
+    got_y = plan(y)
+    got_b = plan(torch.rand(7, 255, 255, generator=gen)[1:])  # a misaligned batch
+    assert torch.equal(y, y0) and torch.equal(a, a0)
+    assert rel_err(got_y, want_y) <= 1e-5 and rel_err(got_a, want_a) <= 1e-5
+    assert rel_err(got_a, plan(a)) <= 1e-6 and got_b.shape == (6, 255, 255)
+
+
+@pytest.mark.parametrize("name", ["scipy", "torch"])
+def test_numpy_and_cpp_paths_take_negative_views_and_empty_batches(gen, monkeypatch, name):
+    """Found in review: .numpy() refused a lazily negated image; raw spectral kernels
+    ignored the negative bit of k / reg; an empty batch indexed x[0]."""
+    y = torch.randn(3, 12, 10, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64) + 0.1
+    plan = dx.DeconvPlan(psf, (12, 10), eps=1e-2, reg="laplacian")
+    monkeypatch.setenv("DECONV_EXT_FFT", name)
+    assert rel_err(plan(torch._neg_view(y)), -plan(y)) <= 1e-12
+    k = plan.spectrum
+    assert rel_err(fft_backend.filter2d(name, y, torch._neg_view(k), False),
+                   -fft_backend.filter2d(name, y, k, False)) <= 1e-12
+    thr = plan.thresh
+    assert rel_err(fft_backend.deconv2d(name, y, torch._neg_view(-k), plan._reg_op, 0.1, thr),
+                   fft_backend.deconv2d(name, y, k, plan._reg_op, 0.1, thr)) <= 1e-12
+    assert rel_err(fft_backend.deconv2d(name, y, k, torch._neg_view(-plan._reg_op), 0.1, thr),
+                   fft_backend.deconv2d(name, y, k, plan._reg_op, 0.1, thr)) <= 1e-12
+    empty = torch.empty(0, 3, 12, 10, dtype=torch.float64)
+    assert fft_backend.filter2d(name, empty, k, False).shape == empty.shape
