@@ -33,10 +33,11 @@
 #include <mutex>
 #include <new>
 
-#include <pthread.h>
-
 #ifdef DECONV_EXT_MKL_DFTI
 #include <mkl_dfti.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
 #endif
 
 namespace deconv_ext {
@@ -179,10 +180,12 @@ DescriptorPtr descriptor(Kind kind, bool dbl, int64_t batch, int64_t h, int64_t 
   static auto* cache = new std::list<std::pair<Key, DescriptorPtr>>();
   // A child forked while another thread held the lock (a DataLoader worker)
   // would wait on it forever: it starts with a fresh, unlocked mutex.
+#if !defined(_WIN32)
   static const bool at_fork = [] {
     return pthread_atfork(nullptr, nullptr, [] { new (mutex) std::mutex(); }) == 0;
   }();
   (void)at_fork;
+#endif
   const Key key{kind, dbl, batch, h, w, std::max(1, at::get_num_threads())};
   {
     std::lock_guard<std::mutex> guard(*mutex);
