@@ -174,7 +174,7 @@ class _FFTWPair:
     """Planned FFTW transforms of one chunk shape (pyFFTW builders, FFTW_MEASURE).
 
     The inverse reads the forward's output array in place (no copy between
-    them); each call gets a fresh output array. An FFTW plan object holds its
+    them) and writes into the caller's output. An FFTW plan object holds its
     arrays, so one pair serves one call at a time (concurrent calls of the
     same shape take turns on its lock).
     """
