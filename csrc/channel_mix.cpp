@@ -13,13 +13,12 @@
 // the compiler vectorises.
 #include "channel_mix.h"
 
-#include "alloc.h"
-
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
-
 #include <algorithm>
+
+#include "alloc.h"
 
 namespace deconv_ext {
 namespace {

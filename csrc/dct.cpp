@@ -18,12 +18,11 @@
 // come from V[k, l] and V[H-k, l]: so the pass runs over row pairs in place.
 #include "dct.h"
 
-#include "alloc.h"
-
 #include <ATen/Parallel.h>
 #include <c10/util/MathConstants.h>
 #include <c10/util/complex.h>
 
+#include "alloc.h"
 #include "fft.h"
 
 namespace deconv_ext {

@@ -23,8 +23,6 @@
 // in blocks in place.
 #include "fft.h"
 
-#include "alloc.h"
-
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -39,6 +37,8 @@
 #include <pthread.h>
 #endif
 #endif
+
+#include "alloc.h"
 
 namespace deconv_ext {
 namespace {

@@ -10,12 +10,11 @@
 //       back).
 #include "pad_crop.h"
 
-#include "alloc.h"
-
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-
 #include <vector>
+
+#include "alloc.h"
 
 namespace deconv_ext {
 namespace {

@@ -10,7 +10,6 @@
 #include "pipeline.h"
 
 #include "alloc.h"
-
 #include "fft.h"
 #include "pad_crop.h"
 #include "spectral.h"

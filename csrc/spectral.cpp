@@ -7,11 +7,11 @@
 // dimension (batch x rows) with at::parallel_for.
 #include "spectral.h"
 
-#include "alloc.h"
-
 #include <ATen/TensorIterator.h>
 #include <ATen/Dispatch.h>
 #include <c10/util/complex.h>
+
+#include "alloc.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DECONV_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
