@@ -95,6 +95,36 @@ def _load_real(ptr, base, cols, s3, mask, CONST: tl.constexpr):
 
 
 @triton.jit
+def _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3, sr0, sr1, sr2, sr3,
+                       cols, mask, kr, ki, HAS_REG: tl.constexpr, T_CONST: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """``(|K|^2, p, p > 0, kept)`` for the solve and its backward, as
+    ``solve_one`` in csrc/spectral.cpp: p = eps * reg (or eps); a frequency is
+    kept where Tikhonov applies (p > 0) or |K|^2 > thresh -- written as C++'s
+    !(k2 > thr2), so NaN drops it."""
+    thr2 = _load_real(t_ptr, i0 * st0 + i1 * st1 + i2 * st2, cols, st3, mask, T_CONST)
+    # eps arrives as a float64 scalar; C++ casts it to the compute type first.
+    e = tl.full((), eps, tl.float64).to(kr.dtype)
+    if HAS_REG:
+        reg = _load_real(r_ptr, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, mask, False)
+        p = e * reg
+    else:
+        p = tl.full([BLOCK], 0.0, kr.dtype) + e
+    k2 = kr * kr + ki * ki
+    tik = p > 0.0
+    return k2, p, tik, tik | (k2 > thr2)
+
+
+@triton.jit
+def _reciprocal(x, F32: tl.constexpr):
+    """1 / x; in float32 IEEE-rounded (div_rn), like the CPU."""
+    if F32:
+        return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), x)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
 def _solve_kernel(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps: tl.float64,
                   D1, D2, L, NBLK,
                   so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
@@ -112,24 +142,12 @@ def _solve_kernel(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps: tl.float64,
                         mask, L, FLAT, BLOCK)
     if K_CONJ:  # k is a lazy conjugate: its memory holds conj(K)
         ki = -ki
-    thr2 = _load_real(t_ptr, i0 * st0 + i1 * st1 + i2 * st2, cols, st3, mask, T_CONST)
-    # eps arrives as a float64 scalar; C++ casts it to the compute type first.
-    e = tl.full((), eps, tl.float64).to(yr.dtype)
-    if HAS_REG:
-        reg = _load_real(r_ptr, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, mask, False)
-        p = e * reg
-    else:
-        p = tl.full([BLOCK], 0.0, yr.dtype) + e
-    k2 = kr * kr + ki * ki
-    tik = p > 0.0
+    k2, p, tik, keep = _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3,
+                                          sr0, sr1, sr2, sr3, cols, mask, kr, ki,
+                                          HAS_REG, T_CONST, BLOCK)
     den = tl.where(tik, k2 + p, k2)
-    # The threshold test is written as C++'s !(k2 > thr2), so NaN drops the frequency.
-    keep = tik | (k2 > thr2)
     den = tl.where(keep, den, 1.0)  # never divide by a dropped (possibly zero) denominator
-    if F32:
-        inv = tl.math.div_rn(tl.full(den.shape, 1.0, tl.float32), den)  # IEEE, like the CPU
-    else:
-        inv = 1.0 / den
+    inv = _reciprocal(den, F32)
     xr = tl.where(keep, (kr * yr + ki * yi) * inv, 0.0)
     xi = tl.where(keep, (kr * yi - ki * yr) * inv, 0.0)
     _store_pair(out_ptr, i0 * so0 + i1 * so1 + i2 * so2, start, cols, so3, mask, L, xr, xi,
@@ -178,22 +196,12 @@ def _solve_backward_kernel(gk_ptr, gp_ptr, g_ptr, y_ptr, k_ptr, t_ptr, r_ptr, ep
                         mask, L, FLAT, BLOCK)
     kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3,
                         mask, L, FLAT, BLOCK)
-    thr2 = _load_real(t_ptr, i0 * st0 + i1 * st1 + i2 * st2, cols, st3, mask, T_CONST)
-    e = tl.full((), eps, tl.float64).to(yr.dtype)
-    if HAS_REG:
-        reg = _load_real(r_ptr, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, mask, False)
-        p = e * reg
-    else:
-        p = tl.full([BLOCK], 0.0, yr.dtype) + e
-    k2 = kr * kr + ki * ki
-    tik = p > 0.0
-    live = tik | (k2 > thr2)
+    k2, p, tik, live = _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3,
+                                          sr0, sr1, sr2, sr3, cols, mask, kr, ki,
+                                          HAS_REG, T_CONST, BLOCK)
     d = tl.where(tik, k2 + p, k2)
     d2 = tl.where(live, d * d, 1.0)
-    if F32:
-        inv2 = tl.math.div_rn(tl.full(d2.shape, 1.0, tl.float32), d2)
-    else:
-        inv2 = 1.0 / d2
+    inv2 = _reciprocal(d2, F32)
     # gky = (g * k) * conj(y), in the operation order of the C++ code.
     ar = gr * kr - gi * ki
     ai = gr * ki + gi * kr
