@@ -83,6 +83,26 @@ def _to_bf16_rne(v):
 
 
 @triton.jit
+def _tile_coords(D1, D2, NBH, NBW, INT64: tl.constexpr):
+    """``(i0, i1, i2, tile row, tile column)`` of this program: one BH x BW
+    tile of one image plane (leading dims ``(D0, D1, D2)``, ``NBH x NBW``
+    tiles per plane); the plane indices in int64 when INT64."""
+    pid = tl.program_id(0)
+    tiles = NBH * NBW
+    plane = pid // tiles
+    tile = pid % tiles
+    i2 = plane % D2
+    rest = plane // D2
+    i1 = rest % D1
+    i0 = rest // D1
+    if INT64:
+        i0 = i0.to(tl.int64)
+        i1 = i1.to(tl.int64)
+        i2 = i2.to(tl.int64)
+    return i0, i1, i2, tile // NBW, tile % NBW
+
+
+@triton.jit
 def _pad_kernel(out_ptr, x_ptr, top, left, h, w, OH, OW, D1, D2, NBH, NBW,
                 sx0, sx1, sx2, sxh, sxw, so0, so1, so2, soh, sow,
                 MODE_R: tl.constexpr, MODE_C: tl.constexpr, OUT_KIND: tl.constexpr,
@@ -92,24 +112,12 @@ def _pad_kernel(out_ptr, x_ptr, top, left, h, w, OH, OW, D1, D2, NBH, NBW,
     OUT_KIND: 0 = store as is (the store casts), 1 = via float32 (a float64
     input to a half type, as C++ rounds), 2 = via float32 rounded to bfloat16.
     """
-    pid = tl.program_id(0)
-    tiles = NBH * NBW
-    plane = pid // tiles
-    tile = pid % tiles
-    tr = tile // NBW
-    tc = tile % NBW
-    i2 = plane % D2
-    rest = plane // D2
-    i1 = rest % D1
-    i0 = rest // D1
+    i0, i1, i2, tr, tc = _tile_coords(D1, D2, NBH, NBW, INT64)
     rows = tr * BH + tl.arange(0, BH)
     cols = tc * BW + tl.arange(0, BW)
     sr = _source_index(rows - top, h, MODE_R)
     sc = _source_index(cols - left, w, MODE_C)
     if INT64:
-        i0 = i0.to(tl.int64)
-        i1 = i1.to(tl.int64)
-        i2 = i2.to(tl.int64)
         rows = rows.to(tl.int64)
         cols = cols.to(tl.int64)
         sr = sr.to(tl.int64)
@@ -166,23 +174,10 @@ def _pad_backward_kernel(out_ptr, g_ptr, top, left, h, w, GH, GW, D1, D2, NBH, N
                          INT64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
     """out[p, r, c] = sum of g[p, i, j] over source_index(i - top) == r and
     source_index(j - left) == c: each input pixel gathers its copies."""
-    pid = tl.program_id(0)
-    tiles = NBH * NBW
-    plane = pid // tiles
-    tile = pid % tiles
-    tr = tile // NBW
-    tc = tile % NBW
-    i2 = plane % D2
-    rest = plane // D2
-    i1 = rest % D1
-    i0 = rest // D1
+    i0, i1, i2, tr, tc = _tile_coords(D1, D2, NBH, NBW, INT64)
     r = tr * BH + tl.arange(0, BH)
     c = tc * BW + tl.arange(0, BW)
     out_mask = (r < h)[:, None] & (c < w)[None, :]
-    if INT64:
-        i0 = i0.to(tl.int64)
-        i1 = i1.to(tl.int64)
-        i2 = i2.to(tl.int64)
     gbase = g_ptr + (i0 * sg0 + i1 * sg1 + i2 * sg2)
     if ACC64:
         acc = tl.full((BH, BW), 0.0, tl.float64)
