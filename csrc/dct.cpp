@@ -18,6 +18,7 @@
 // come from V[k, l] and V[H-k, l]: so the pass runs over row pairs in place.
 #include "dct.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/MathConstants.h>
 #include <c10/util/complex.h>
@@ -211,11 +212,8 @@ at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
   const at::Tensor x3 = image.resolve_neg().contiguous().view({-1, H, W});
   const at::Tensor f = filter.resolve_neg().contiguous();
   at::Tensor out3 = out.view({-1, H, W});
-  if (image.scalar_type() == at::kFloat) {
-    solve_planes<float>(x3, f, out3);
-  } else {
-    solve_planes<double>(x3, f, out3);
-  }
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "dct_solve",
+                             [&] { solve_planes<scalar_t>(x3, f, out3); });
   return out;
 }
 

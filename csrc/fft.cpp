@@ -23,6 +23,7 @@
 // in blocks in place.
 #include "fft.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -208,14 +209,15 @@ bool use_mkl(const at::Tensor& t, int64_t h, int64_t w) {
   return mkl_dfti_enabled() && t.device().is_cpu() && h >= 2 && w >= 2;
 }
 
-template <typename Complex>
+// In place over the columns of each plane of a contiguous half spectrum X.
 void columns(const at::Tensor& X, bool forward) {
   const int64_t h = X.size(-2), wf = X.size(-1), planes = X.numel() / (h * wf);
-  const bool dbl = std::is_same<Complex, c10::complex<double>>::value;
+  const bool dbl = X.scalar_type() == at::kComplexDouble;
   const DescriptorPtr d = descriptor(Kind::kColumns, dbl, 1, h, 2 * (wf - 1));
-  auto* base = X.data_ptr<Complex>();
+  auto* base = static_cast<char*>(X.data_ptr());
+  const int64_t plane_bytes = h * wf * int64_t(X.element_size());
   for (int64_t p = 0; p < planes; ++p) {
-    void* plane = base + p * h * wf;
+    void* plane = base + p * plane_bytes;
     check(forward ? DftiComputeForward(d->handle, plane) : DftiComputeBackward(d->handle, plane),
           "compute");
   }
@@ -261,11 +263,7 @@ at::Tensor rfft2_mkl(const at::Tensor& x_) {
   }
   const DescriptorPtr rows = descriptor(Kind::kRowsForward, dbl, batch, h, w);
   check(DftiComputeForward(rows->handle, x.data_ptr(), Y.data_ptr()), "compute");
-  if (dbl) {
-    columns<c10::complex<double>>(Y, true);
-  } else {
-    columns<c10::complex<float>>(Y, true);
-  }
+  columns(Y, true);
   return Y;
 }
 
@@ -275,20 +273,13 @@ void irfft2_mkl(at::Tensor X, at::Tensor& out) {
   const int64_t h = X.size(-2), wf = X.size(-1), w = out.size(-1), batch = X.numel() / (h * wf);
   const bool dbl = X.scalar_type() == at::kComplexDouble;
   if (h * w < kSeparablePlane) {
-    if (dbl) {
-      hermitian_edges<c10::complex<double>>(X, w);
-    } else {
-      hermitian_edges<c10::complex<float>>(X, w);
-    }
+    AT_DISPATCH_COMPLEX_TYPES(X.scalar_type(), "hermitian_edges",
+                              [&] { hermitian_edges<scalar_t>(X, w); });
     const DescriptorPtr d = descriptor(Kind::kBackward2d, dbl, batch, h, w);
     check(DftiComputeBackward(d->handle, X.data_ptr(), out.data_ptr()), "compute");
     return;
   }
-  if (dbl) {
-    columns<c10::complex<double>>(X, false);
-  } else {
-    columns<c10::complex<float>>(X, false);
-  }
+  columns(X, false);
   const DescriptorPtr rows = descriptor(Kind::kRowsBackward, dbl, batch, h, w);
   check(DftiComputeBackward(rows->handle, X.data_ptr(), out.data_ptr()), "compute");
 }
