@@ -84,6 +84,23 @@ at::Tensor by_chunks(const at::Tensor& x, Fn fn) {
   return out;
 }
 
+// out = irfft2(solve(rfft2(x))) for the chunk [start, start + len) of
+// `batch`'s dim 0, with the operands' rows of that chunk; out may be x.
+void solve_chunk(const at::Tensor& x, const at::Tensor& batch, int64_t start, int64_t len,
+                 const at::Tensor& k, const c10::optional<at::Tensor>& reg, double eps,
+                 const at::Tensor& thresh, bool adjoint, at::Tensor& out) {
+  const at::Tensor kc = *rows_of(k, batch, start, len);
+  const auto rc = rows_of(reg, batch, start, len);
+  const at::Tensor tc = *rows_of(thresh, batch, start, len);
+  at::Tensor Y = rfft2(x);
+  if (adjoint) {
+    Y = spectral_solve_adjoint(Y, kc, rc, eps, tc);
+  } else {
+    spectral_solve_(Y, kc, rc, eps, tc);  // Y is ours: solve in place
+  }
+  irfft2_into(Y, out);
+}
+
 }  // namespace
 
 at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
@@ -92,16 +109,7 @@ at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
   check_real_image(image, "image", k);
   if (image.numel() == 0) return at::empty_like(image);
   return by_chunks(image, [&](const at::Tensor& x, int64_t start, int64_t len, at::Tensor& out) {
-    const at::Tensor kc = *rows_of(k, image, start, len);
-    const auto rc = rows_of(reg, image, start, len);
-    const at::Tensor tc = *rows_of(thresh, image, start, len);
-    at::Tensor Y = rfft2(x);
-    if (adjoint) {
-      Y = spectral_solve_adjoint(Y, kc, rc, eps, tc);
-    } else {
-      spectral_solve_(Y, kc, rc, eps, tc);  // Y is ours: solve in place
-    }
-    irfft2_into(Y, out);
+    solve_chunk(x, image, start, len, k, reg, eps, thresh, adjoint, out);
   });
 }
 
@@ -124,10 +132,7 @@ at::Tensor padded_deconv2d(const at::Tensor& image, int64_t top, int64_t left, i
   return by_chunks(image, [&](const at::Tensor& x, int64_t start, int64_t len, at::Tensor& out) {
     // The padded buffer is the FFT's input and, once transformed, its output.
     at::Tensor buf = pad(x, top, left, height, width, mode);
-    at::Tensor Y = rfft2(buf);
-    spectral_solve_(Y, *rows_of(k, image, start, len), rows_of(reg, image, start, len), eps,
-                    *rows_of(thresh, image, start, len));
-    irfft2_into(Y, buf);
+    solve_chunk(buf, image, start, len, k, reg, eps, thresh, false, buf);
     out.copy_(buf.narrow(-2, top, h).narrow(-1, left, w));
   });
 }
