@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _report  # noqa: E402
 from _timing import machine_line, markdown_table, median_times, today  # noqa: E402
+from bench_cpu import fftw_round_trip  # noqa: E402
 
 import deconv_ext as dx  # noqa: E402
 from deconv_ext import reference  # noqa: E402
@@ -115,15 +116,8 @@ def build_methods(y: torch.Tensor, psf: torch.Tensor, threads: int, use_compile:
     m[f"scipy.fft round trip ({threads} workers)"] = lambda: sfft.irfft2(
         sfft.rfft2(y_np, workers=threads), s=size, workers=threads)
 
-    try:
-        import pyfftw.builders as fb
-
-        fwd = fb.rfft2(y_np.copy(), threads=threads, planner_effort="FFTW_MEASURE")
-        inv = fb.irfft2(fwd.output_array.copy(), s=size, threads=threads,
-                        planner_effort="FFTW_MEASURE")
-        m["FFTW round trip (pyfftw, planned)"] = lambda: inv(fwd(y_np))
-    except ImportError:
-        m["FFTW round trip (pyfftw, planned)"] = None
+    m["FFTW round trip (pyfftw, planned)"] = fftw_round_trip(y_np, threads)
+    if m["FFTW round trip (pyfftw, planned)"] is None:
         notes["FFTW round trip (pyfftw, planned)"] = "skipped: pyfftw not installed"
     return m
 
