@@ -10,7 +10,7 @@ bare ``torch.fft.rfft2`` of the same tensor, an op torch ships: what
 2-core machine 3-10% of a 0.5-3 ms call).
 
 Both eager and compiled runs use the C++ pipeline here
-(``DECONV_EXT_FFT=torch``), so the ratio measures what compilation adds or
+(``DECONV_EXT_CPU_FFT=pipeline``), so the ratio measures what compilation adds or
 removes, not an FFT choice. The compiled one-shot ``deconvolve`` builds its
 plan (the PSF's FFT) in the graph on every call, where eager calls reuse a
 plan cached by PSF content: its ratio is above 1 by design.
@@ -28,7 +28,7 @@ import time
 import warnings
 
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
-os.environ["DECONV_EXT_FFT"] = "torch"
+os.environ["DECONV_EXT_CPU_FFT"] = "pipeline"
 
 import torch  # noqa: E402
 
@@ -90,7 +90,7 @@ def main(argv=None):
             f"Machine: {machine_line()}  \n"
             f"Command: `python benchmarks/bench_compile.py{' --quick' if args.quick else ''}`  \n"
             f"float32, 5x5 Gaussian PSF, eps=1e-2, the C++ pipeline in both "
-            f"(`DECONV_EXT_FFT=torch`); `fullgraph=True`; "
+            f"(`DECONV_EXT_CPU_FFT=pipeline`); `fullgraph=True`; "
             f"medians side by side; first compile is cold (caches off).\n\n{table}\n")
     print(text)
     if not args.no_append:

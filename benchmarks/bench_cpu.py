@@ -12,14 +12,14 @@ eps=1e-2), times side by side in one process:
 * ``deconvolve``: this library, one-shot (repeated calls reuse a plan cached
   by the PSF's content);
 * ``plan``: this library, ``DeconvPlan`` built once, with the FFT library
-  chosen per shape (``FFT chosen``; ``DECONV_EXT_FFT=auto``);
-* ``plan (FFT=torch)``: the same plan forced onto the C++ pipeline
-  (``DECONV_EXT_FFT=torch``: MKL's DFTI called directly where torch ships
+  chosen per shape (``FFT chosen``; ``DECONV_EXT_CPU_FFT=auto``);
+* ``plan (FFT=pipeline)``: the same plan forced onto the C++ pipeline
+  (``DECONV_EXT_CPU_FFT=pipeline``: MKL's DFTI called directly where torch ships
   MKL; what compiled and autograd calls use);
 * with pyFFTW installed (GPL, optional, never a default), timed in a second
   group with torch's round trip: ``FFTW round trip``, planned with
   ``FFTW_MEASURE`` (as a multiple of torch's), and ``plan (FFTW)``
-  (``DECONV_EXT_FFT=pyfftw``) as a multiple of the FFTW round trip.
+  (``DECONV_EXT_CPU_FFT=pyfftw``) as a multiple of the FFTW round trip.
 
 Then the fused C++ spectral solve alone on a 16x3x512x257 complex64 spectrum,
 against the torch expression computing the same filter per call and against
@@ -46,7 +46,9 @@ from _timing import machine_line, markdown_table, median_times, today  # noqa: E
 import scipy.fft as scipy_fft  # noqa: E402
 
 import deconv_ext as dx  # noqa: E402
-from deconv_ext import fft_backend, spectral  # noqa: E402
+from deconv_ext import config  # noqa: E402
+from deconv_ext.execution import fft_choice  # noqa: E402
+from deconv_ext.plans import spectra as spectral  # noqa: E402
 
 SHAPES = [(1, 1, 512, 512), (1, 1, 2048, 2048), (8, 3, 256, 256), (64, 1, 128, 128),
           (16, 3, 512, 512)]
@@ -101,15 +103,12 @@ def bench_shapes(rounds: int, min_time: float):
         plan = dx.DeconvPlan(psf, size, eps=EPS)
         xn = x.numpy()
         workers = torch.get_num_threads()
-        choice = fft_backend.choose(tuple(x.shape), x.dtype)  # measured once, cached
+        choice = fft_choice.choose(tuple(x.shape), x.dtype)  # measured once, cached
 
         def forced(name, fn):
             def run():
-                fft_backend.set_backend(name)
-                try:
+                with config.override(cpu_fft=name):
                     return fn()
-                finally:
-                    fft_backend.set_backend(None)
             return run
 
         t = median_times({
@@ -121,7 +120,7 @@ def bench_shapes(rounds: int, min_time: float):
             "torch/cached": lambda: torch.fft.irfft2(torch.fft.rfft2(x) * G, s=size),
             "deconvolve": lambda: dx.deconvolve(x, psf, eps=EPS),
             "plan": lambda: plan(x),
-            "plan (FFT=torch)": forced("torch", lambda: plan(x)),
+            "plan (FFT=pipeline)": forced("pipeline", lambda: plan(x)),
         }, rounds=rounds, min_time=min_time)
         # FFTW in a group of its own, with torch's round trip again: FFTW's
         # threads, interleaved with the group above, slowed torch's round trip
@@ -138,13 +137,13 @@ def bench_shapes(rounds: int, min_time: float):
         raw[name] = dict(t, fft_choice=choice)
         rows.append([name, f"{base * 1e3:.2f} ms"] + [f"{t[k] / base:.2f}" for k in
                      ("scipy round trip", "seed", "torch/call", "torch/cached", "deconvolve",
-                      "plan", "plan (FFT=torch)")]
+                      "plan", "plan (FFT=pipeline)")]
                     + [choice, f"{t['seed'] / t['deconvolve']:.1f}x"]
                     + ([f"{t['FFTW round trip (FFTW group)'] / t['round trip (FFTW group)']:.2f}",
                         f"{t['plan (FFTW) (FFTW group)'] / t['FFTW round trip (FFTW group)']:.2f}"]
                        if fftw else ["not installed", "—"]))
     header = ["shape", "torch round trip", "scipy round trip", "seed", "torch/call",
-              "torch/cached", "deconvolve", "plan", "plan (FFT=torch)", "FFT chosen",
+              "torch/cached", "deconvolve", "plan", "plan (FFT=pipeline)", "FFT chosen",
               "deconvolve vs seed", "FFTW round trip", "plan (FFTW) / FFTW round trip"]
     return markdown_table(header, rows), raw
 

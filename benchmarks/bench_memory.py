@@ -33,7 +33,7 @@ reports its peak and time (issue 9: it must fit on a 24 GiB machine).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_memory.py [--big] [--fft torch,scipy] [--dtype float32]
+    .venv/bin/python benchmarks/bench_memory.py [--big] [--fft pipeline,scipy] [--dtype float32]
 
 Writes ``benchmarks/out/memory.json`` and prints a Markdown table.
 """
@@ -92,7 +92,7 @@ in_bytes = y.numel() * y.element_size()
 out_bytes = x.numel() * x.element_size()
 extra = peak - before - out_bytes
 print(json.dumps(dict(shape=list(shape), dtype=str(dtype).split(".")[-1],
-                      fft=os.environ.get("DECONV_EXT_FFT", "auto"),
+                      fft=os.environ.get("DECONV_EXT_CPU_FFT", "auto"),
                       method="VmHWM/clear_refs" if exact else "ru_maxrss",
                       input_mib=in_bytes / 2**20, output_mib=out_bytes / 2**20,
                       rss_before_mib=before / 2**20, peak_mib=peak / 2**20,
@@ -106,7 +106,7 @@ def measure(shape, dtype, fft):
     # A fixed mmap threshold: glibc otherwise raises it after each large free,
     # so the warm-up's freed buffers stay resident in the heap and the solve
     # reuses them unseen (measured: -0.01x for 2048^2 without this).
-    env = dict(os.environ, DECONV_EXT_FFT=fft, MALLOC_MMAP_THRESHOLD_="131072")
+    env = dict(os.environ, DECONV_EXT_CPU_FFT=fft, MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(list(shape)), dtype],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -117,8 +117,8 @@ def measure(shape, dtype, fft):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--big", action="store_true", help="also an 8192x8192 float32 image")
-    ap.add_argument("--fft", default="torch,scipy",
-                    help="comma-separated DECONV_EXT_FFT values (default: torch,scipy)")
+    ap.add_argument("--fft", default="pipeline,scipy",
+                    help="comma-separated DECONV_EXT_CPU_FFT values (default: pipeline,scipy)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args(argv)
     rows = []

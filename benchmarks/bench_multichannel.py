@@ -15,7 +15,7 @@ Three tables (float32 unless said; median times, methods timed side by side):
    pseudo-inverse matrix, K (batched solve).
 2. The 3 -> 3 solve at 16x3x512x512 against the bare ``rfft2`` + ``irfft2``
    round trip of the same tensor (= 1.00). Target: <= 1.3.
-3. The 64 -> 64 G application alone (``multichannel.apply_matrices``, layout
+3. The 64 -> 64 G application alone (``plans.layer_spectra.apply_matrices``, layout
    changes included) against ``torch.matmul`` of the same shapes with the
    operands already in matmul layout (= 1.00). Target: <= 1.5.
 
@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import machine_line, markdown_table, median_times, today  # noqa: E402
 
 import deconv_ext as dx  # noqa: E402
-from deconv_ext import multichannel as mc  # noqa: E402
+from deconv_ext.plans import layer_spectra as mc  # noqa: E402
 
 
 def _layer(c_out, c_in, k=3, dtype=torch.float32, seed=0):
@@ -87,7 +87,7 @@ def table_channels(rows_out):
             t0 = time.perf_counter()
             plan = dx.DeconvPlan.for_conv2d(w, size)
             build = time.perf_counter() - t0
-            K = mc._planar_to_matrix(mc.layer_spectrum(w, size)).contiguous()  # (1, H, Wf, C, C)
+            K = mc.planar_to_matrix(mc.layer_spectrum(w, size)).contiguous()  # (1, H, Wf, C, C)
 
             def batched_solve():
                 Y = torch.fft.rfft2(y).reshape(N, C, -1).permute(2, 1, 0)   # (F, C, N)

@@ -23,6 +23,8 @@
 // in blocks in place.
 #include "fft.h"
 
+#include <atomic>
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -288,15 +290,17 @@ void irfft2_mkl(at::Tensor X, at::Tensor& out) {
 
 }  // namespace
 
+namespace {
+// Set by the Python execution layer from its configuration (DECONV_EXT_MKL):
+// the environment is read in one place, deconv_ext/config.py.
+std::atomic<bool> mkl_dfti_wanted{true};
+}  // namespace
+
+void set_mkl_dfti(bool enabled) { mkl_dfti_wanted.store(enabled); }
+
 bool mkl_dfti_enabled() {
 #ifdef DECONV_EXT_MKL_DFTI
-  // DECONV_EXT_MKL=0 (read once) runs the torch.fft route instead, e.g. to
-  // compare the two.
-  static const bool enabled = [] {
-    const char* env = std::getenv("DECONV_EXT_MKL");
-    return at::hasMKL() && !(env != nullptr && std::string(env) == "0");
-  }();
-  return enabled;
+  return at::hasMKL() && mkl_dfti_wanted.load();
 #else
   return false;
 #endif

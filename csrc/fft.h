@@ -9,6 +9,9 @@ namespace deconv_ext {
 // with MKL's header and the torch it runs in ships MKL.
 bool mkl_dfti_enabled();
 
+// Whether the pipelines may call MKL's DFTI (default true; false: torch.fft).
+void set_mkl_dfti(bool enabled);
+
 // rfft2 of a real float32/float64 x (..., H, W): the half spectrum
 // (..., H, W/2+1), unnormalised, in a new contiguous tensor.
 at::Tensor rfft2(const at::Tensor& x);

@@ -1,6 +1,11 @@
 // The op schemas (defined once, here), their CPU kernels, and the pybind11
-// module deconv_ext._C exposing the same functions. deconv_ext/_ops.py adds
-// the CUDA (Triton) kernels, fake kernels and autograd for the same names.
+// module deconv_ext._C. The execution layer (deconv_ext/execution/) adds the
+// CUDA (Triton) kernels, fake kernels and autograd for the same names.
+//
+// The pybind11 module holds only what the execution layer calls without the
+// dispatcher: the eager CPU fast paths (no autograd, ~30 us less per call),
+// the in-place solve that the scipy/FFTW pipelines run between their FFTs, and
+// the MKL switch. Everything else is reached through torch.ops.deconv_ext.
 #include <torch/library.h>
 #include <torch/extension.h>
 
@@ -34,6 +39,9 @@ TORCH_LIBRARY(deconv_ext, m) {
   m.def("crop(Tensor x, int top, int left, int height, int width, ScalarType dtype) -> Tensor");
   m.def("channel_mix(Tensor y, Tensor g, bool adjoint) -> Tensor");
   m.def("channel_mix_outer(Tensor a, Tensor c, int groups) -> Tensor");
+  m.def("padded_deconv2d(Tensor image, int top, int left, int height, int width, str mode, "
+        "Tensor k, Tensor? reg, float eps, Tensor thresh) -> Tensor");
+  m.def("dct_solve(Tensor image, Tensor filter) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
@@ -56,61 +64,28 @@ TORCH_LIBRARY_IMPL(deconv_ext, CPU, m) {
   m.impl("crop", &deconv_ext::crop);
   m.impl("channel_mix", &deconv_ext::channel_mix);
   m.impl("channel_mix_outer", &deconv_ext::channel_mix_outer);
+  m.impl("padded_deconv2d", &deconv_ext::padded_deconv2d);
+  m.impl("dct_solve", &deconv_ext::dct_solve);
 }
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "deconv_ext CPU kernels (also registered as torch.ops.deconv_ext.*)";
+  m.doc() = "deconv_ext CPU kernels called without the dispatcher (all are also torch.ops.deconv_ext.*)";
   m.def("mkl_dfti_enabled", &deconv_ext::mkl_dfti_enabled,
         "whether the CPU pipelines call MKL's DFTI directly (else torch.fft)");
-  m.def("spectral_solve", &deconv_ext::spectral_solve, "fused regularised spectral solve",
-        py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
-  m.def("spectral_solve_adjoint", &deconv_ext::spectral_solve_adjoint,
-        "adjoint of the spectral solve w.r.t. y", py::arg("y"), py::arg("k"), py::arg("reg"),
-        py::arg("eps"), py::arg("thresh"));
+  m.def("set_mkl_dfti", &deconv_ext::set_mkl_dfti,
+        "allow (true, the default) or forbid the pipelines' direct MKL DFTI calls",
+        py::arg("enabled"));
   m.def("spectral_solve_", &deconv_ext::spectral_solve_, "in-place fused spectral solve",
         py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
-  m.def("spectral_mul", &deconv_ext::spectral_mul, "K*Y or conj(K)*Y", py::arg("y"),
-        py::arg("k"), py::arg("conj"));
-  m.def("spectral_solve_backward", &deconv_ext::spectral_solve_backward,
-        "gradients of spectral_solve w.r.t. k and reg", py::arg("grad"), py::arg("y"),
-        py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
-  m.def("spectral_mul_grad_k", &deconv_ext::spectral_mul_grad_k,
-        "gradient of spectral_mul w.r.t. k", py::arg("grad"), py::arg("y"), py::arg("k_shape"),
-        py::arg("conj"));
   m.def("deconv2d", &deconv_ext::deconv2d, "rfft2 -> fused solve -> irfft2", py::arg("image"),
         py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"), py::arg("adjoint"));
+  m.def("filter2d", &deconv_ext::filter2d, "rfft2 -> K or conj(K) -> irfft2", py::arg("x"),
+        py::arg("k"), py::arg("conj"));
+  m.def("padded_deconv2d", &deconv_ext::padded_deconv2d,
+        "crop(deconv2d(pad(image))): the fast padded solve", py::arg("image"), py::arg("top"),
+        py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"), py::arg("k"),
+        py::arg("reg"), py::arg("eps"), py::arg("thresh"));
   m.def("dct_solve", &deconv_ext::dct_solve,
         "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
         py::arg("image"), py::arg("filter"));
-  m.def("padded_deconv2d", &deconv_ext::padded_deconv2d,
-        "crop(deconv2d(pad(image))): the fast padded solve (eager, no autograd)",
-        py::arg("image"), py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"),
-        py::arg("mode"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
-  m.def("deconv2d_grad_k", &deconv_ext::deconv2d_grad_k, "gradients of deconv2d w.r.t. k, reg",
-        py::arg("grad"), py::arg("image"), py::arg("k"), py::arg("reg"), py::arg("eps"),
-        py::arg("thresh"), py::arg("adjoint"));
-  m.def("filter2d", &deconv_ext::filter2d, "rfft2 -> K or conj(K) -> irfft2", py::arg("x"),
-        py::arg("k"), py::arg("conj"));
-  m.def("filter2d_grad_k", &deconv_ext::filter2d_grad_k, "gradient of filter2d w.r.t. k",
-        py::arg("grad"), py::arg("x"), py::arg("k_shape"), py::arg("conj"));
-  m.def("kernel_spectrum", &deconv_ext::kernel_spectrum, "transfer function of a PSF",
-        py::arg("psf"), py::arg("height"), py::arg("width"));
-  m.def("kernel_spectrum_backward", &deconv_ext::kernel_spectrum_backward,
-        "adjoint of kernel_spectrum", py::arg("grad"), py::arg("kh"), py::arg("kw"),
-        py::arg("height"), py::arg("width"));
-  m.def("spectral_power", &deconv_ext::spectral_power, "|k|^2", py::arg("k"));
-  m.def("spectral_power_backward", &deconv_ext::spectral_power_backward, "2 grad k",
-        py::arg("grad"), py::arg("k"));
-  m.def("pad", &deconv_ext::pad, "fused boundary extension + cast", py::arg("x"),
-        py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
-  m.def("pad_backward", &deconv_ext::pad_backward, "adjoint of pad", py::arg("grad"),
-        py::arg("top"), py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"));
-  m.def("crop", &deconv_ext::crop, "fused crop + cast", py::arg("x"), py::arg("top"),
-        py::arg("left"), py::arg("height"), py::arg("width"), py::arg("dtype"));
-  m.def("channel_mix", &deconv_ext::channel_mix,
-        "per-frequency channel mixing G(w) Y(w) (or G(w)^H Y(w))", py::arg("y"), py::arg("g"),
-        py::arg("adjoint"));
-  m.def("channel_mix_outer", &deconv_ext::channel_mix_outer,
-        "sum over the batch of a(w) c(w)^H per group and frequency", py::arg("a"), py::arg("c"),
-        py::arg("groups"));
 }

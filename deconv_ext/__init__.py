@@ -1,14 +1,17 @@
 """deconv_ext: fast, exact pseudo-inverses of 2D convolutions for PyTorch.
 
-Public names only; see DESIGN.md section 3 and each function's docstring.
+The public names; each function's docstring gives the model and the shapes,
+``docs/architecture.md`` the maths, the layers and how one call flows.
 """
-from . import _ops  # noqa: F401  (registers fake kernels, autograd, CUDA kernels)
+from . import execution  # noqa: F401  (loads the extension: ops, fake kernels, autograd, CUDA)
 from .functional import (conv2d_cond, conv2d_opnorm, conv2d_pinv, conv2d_svdvals, convolve,
                          deconvolve)
 from .nn import ConvPinv2d
-from .plan import DeconvPlan
-from .psf import box, disk, gaussian, motion  # noqa: F401  (PSF constructors)
+from .plans import DeconvPlan, LayerPlan, MultiChannelPlan, Plan
+from .psf import box, disk, gaussian, motion
+from .solvers import SolveInfo
 
-__all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan", "conv2d_svdvals",
-           "conv2d_opnorm", "conv2d_cond", "ConvPinv2d"]
+__all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan", "LayerPlan", "MultiChannelPlan",
+           "Plan", "SolveInfo", "conv2d_svdvals", "conv2d_opnorm", "conv2d_cond", "ConvPinv2d",
+           "gaussian", "box", "motion", "disk"]
 __version__ = "0.1.0"

@@ -63,7 +63,7 @@ def _medians(fns: Dict[str, Callable[[], object]], rounds: int,
 def builtin_table(device: str = "cpu", quick: bool = False) -> List[Tuple[str, float, float, float]]:
     """Rows ``(shape, floor ms, one-shot ratio, cached-plan ratio)``, float32, 5x5 Gaussian PSF."""
     from .functional import deconvolve
-    from .plan import DeconvPlan
+    from .plans import DeconvPlan
     from .psf import gaussian
 
     dev = torch.device(device)

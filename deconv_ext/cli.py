@@ -30,20 +30,20 @@ class UsageError(Exception):
 
 
 def _validate_module():
-    from . import _validate
+    from . import validation as _validate
 
     return _validate
 
 
 def _boundaries() -> Sequence[str]:
     # The names the library validates, so the CLI lists new ones as they land.
-    from . import _validate
+    from . import validation as _validate
 
     return tuple(_validate.BOUNDARIES)
 
 
 def _methods() -> Sequence[str]:
-    from . import _validate
+    from . import validation as _validate
 
     return tuple(_validate.METHODS)
 

@@ -92,7 +92,7 @@ def _configs(eps: float, psf: torch.Tensor):
     Boundaries and solvers are tried at run time: whatever this build of the
     library implements is shown.
     """
-    from . import _validate
+    from . import validation as _validate
     from .cli import boundary_problem
 
     rows = [("tikhonov", dict(eps=eps)),

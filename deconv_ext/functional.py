@@ -1,13 +1,15 @@
-"""Public functions: validate, normalise shapes, get a plan, call the ops."""
+"""Public functions: check the arguments, get a plan (or a solver), apply it."""
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
 
-from . import _validate as V
-from . import backend, multichannel, plan_cache, reference, solvers
-from .plan import DeconvPlan
+from . import validation as V
+from .maths import spectral
+from .plans import DeconvPlan, cache
+from .plans.layer_spectra import opnorm, svdvals
+from .solvers import PRECONDS, conv2d_exact, deconvolve_boundary
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_opnorm",
            "conv2d_cond"]
@@ -80,13 +82,13 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     precond : {"auto", "dct", "fft", "none"}, keyword-only
         CG preconditioner: ``M = A_c^T A_c + eps R_c^T R_c`` with ``A_c`` the
         Neumann (DCT) or circulant (FFT) approximation of ``A_b``. "auto"
-        picks the one measured best (:func:`deconv_ext.solvers.auto_precond`:
+        picks the one measured best (:func:`deconv_ext.solvers.precond.auto_precond`:
         FFT for circular, DCT for symmetric/zeros with an axis-symmetric PSF,
         FFT for zeros otherwise, none for reflect/replicate, where both
         transforms add iterations); none when ``eps = 0`` (preconditioning
         would lose the minimum-norm property).
     return_info : bool, default False, keyword-only
-        Also return a :class:`deconv_ext.solvers.SolveInfo` (iterations,
+        Also return a :class:`deconv_ext.SolveInfo` (iterations,
         relative normal-equations residual and convergence flag per image
         plane; 0 iterations for the direct solvers), like
         ``scipy.sparse.linalg.cg``'s ``(x, info)``.
@@ -137,7 +139,7 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     V.tol(tol)
     V.max_iter(max_iter)
     V.taper(taper)
-    V.choice("precond", precond, solvers.PRECONDS)
+    V.choice("precond", precond, PRECONDS)
     if boundary != "circular" or solver != "fft" or return_info or taper:
         if isinstance(eps, torch.Tensor):
             raise ValueError("a tensor eps (per-frequency Wiener weights) needs boundary='circular' "
@@ -151,15 +153,13 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         if image.numel() == 0:
             x = torch.empty_like(image)
             return (x, None) if return_info else x
-        return solvers.deconvolve_boundary(image, psf, eps, method, reg, boundary, rcond, solver,
-                                           tol, max_iter, taper, precond, return_info)
+        return deconvolve_boundary(image, psf, eps, method, reg, boundary, rcond, solver, tol,
+                                   max_iter, taper, precond, return_info)
     if image.numel() == 0:
         return torch.empty_like(image)
-    if backend.selected() == "torch":
-        return reference.deconvolve(image, psf, eps=eps, method=method, reg=reg, rcond=rcond)
-    dtype = reference.compute_dtype(image.dtype)
+    dtype = spectral.compute_dtype(image.dtype)
     size = tuple(image.shape[-2:])
-    plan = plan_cache.cached_plan(
+    plan = cache.cached_plan(
         psf, (size, dtype, eps, method, reg, rcond),
         lambda: DeconvPlan(psf.to(dtype), size, eps=eps, method=method, reg=reg, rcond=rcond,
                            dtype=dtype))
@@ -198,11 +198,9 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular",
     _check_boundary(boundary)
     if image.numel() == 0:
         return torch.empty_like(image)
-    if boundary == "circular" and backend.selected() == "torch":
-        return reference.convolve(image, psf)
-    dtype = reference.compute_dtype(image.dtype)
+    dtype = spectral.compute_dtype(image.dtype)
     size = tuple(image.shape[-2:])
-    plan = plan_cache.cached_plan(
+    plan = cache.cached_plan(
         psf, ("blur", size, dtype, boundary),
         lambda: DeconvPlan(psf.to(dtype), size, method="pinv", dtype=dtype, boundary=boundary))
     return plan.blur(image)
@@ -235,7 +233,7 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     padding_mode : {"circular", "zeros", "reflect", "replicate"}
         As ``nn.Conv2d``. Anything but circular "same" (or ``solver="cg"``)
         is solved exactly by conjugate gradients
-        (:func:`deconv_ext.solvers.conv2d_exact`): the Tikhonov problem
+        (:func:`deconv_ext.solvers.layer.conv2d_exact`): the Tikhonov problem
         ``min ||conv(x) - (output - bias)||^2 + eps ||x||^2``, or for
         ``eps = 0`` its minimum-norm least-squares solution.
     check_finite : bool, default False, keyword-only
@@ -272,7 +270,7 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     one when ``C_out > C_in``. ``eps > 0`` applies
     ``(K^H K + eps I)^-1 K^H`` (on the smaller side), the minimiser of
     ``||conv(x) - y||^2 + eps ||x||^2``. Depthwise layers are solved
-    element-wise; other layers by :class:`deconv_ext.multichannel.MultiChannelPlan`
+    element-wise; other layers by :class:`deconv_ext.LayerPlan`
     (memory rule and fused C++ channel mixing documented there).
     """
     if check_finite:
@@ -283,44 +281,50 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if output.dim() not in (3, 4):
         raise ValueError(f"output has shape {tuple(output.shape)}; expected (N, C_out, H, W) or "
                          f"(C_out, H, W)")
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() != 4:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (C_out, C_in / groups, kh, kw)")
-    if output.shape[-3] != weight.shape[0]:
+    V.choice("padding", padding, V.PADDINGS)
+    V.choice("padding_mode", padding_mode, V.PADDING_MODES)
+    size = tuple(output.shape[-2:])
+    layer = V.conv_layer(weight, groups, dilation, bias, size if padding == "same" else None)
+    if output.shape[-3] != layer.c_out:
         raise ValueError(f"output has {output.shape[-3]} channels but weight has C_out="
-                         f"{weight.shape[0]}; expected them equal")
+                         f"{layer.c_out}; expected them equal")
     V.same_device("weight", weight, "output", output)
-    if (padding != "same" or padding_mode != "circular" or solver not in (None, "fft")
-            or return_info):
-        # Non-circular / "valid" layers and the CG solver (deconv_ext.solvers).
-        if isinstance(padding, str) and padding == "valid" and solver == "fft":
-            raise ValueError("padding='valid' has no FFT solve; use solver='cg'")
-        return solvers.conv2d_exact(output, weight, bias, groups, dilation, padding, padding_mode,
-                                    eps, rcond, solver, tol, max_iter, precond, return_info)
-    multichannel.check_conv_weight(weight, groups, V.pair("dilation", dilation),
-                                   tuple(output.shape[-2:]))
-    if padding != "same":
-        raise ValueError(f"padding={padding!r} is not valid; expected 'same'")
-    V.choice("padding_mode", padding_mode, ("circular",))
-    eps = V.eps(eps, tuple(output.shape[-2:]))
+    eps = V.scalar_eps(eps)
     V.rcond(rcond)
-    if isinstance(eps, torch.Tensor):
-        raise TypeError("conv2d_pinv takes a scalar eps")
-    if backend.selected() == "torch":
-        return reference.conv2d_pinv(output, weight, bias, groups=groups, dilation=dilation,
-                                     eps=eps, rcond=rcond)
-    dtype = reference.compute_dtype(output.dtype)
-    plan = DeconvPlan.for_conv2d(weight.to(dtype), tuple(output.shape[-2:]), groups=groups,
-                                 dilation=dilation, bias=bias, eps=eps, rcond=rcond)
+    if solver is not None:
+        V.choice("solver", solver, ("fft", "cg"))
+    V.tol(tol)
+    V.max_iter(max_iter)
+    V.choice("precond", precond, PRECONDS)
+    circular = padding == "same" and padding_mode == "circular"
+    if padding == "valid" and solver == "fft":
+        raise ValueError("padding='valid' has no FFT solve; use solver='cg'")
+    if solver == "fft" and not circular and (padding == "valid" or not layer.depthwise):
+        raise ValueError("solver='fft' for conv2d_pinv with a non-circular padding_mode is the "
+                         "padded fast path of depthwise 'same' layers only; use solver='cg'")
+    if precond not in ("auto", "none") and not layer.depthwise:
+        raise ValueError(f"precond={precond!r} needs a depthwise layer (the transform "
+                         f"preconditioners are per channel); use 'auto' or 'none'")
+    if not circular or solver == "cg" or return_info:
+        # Non-circular / "valid" layers and the CG solver (deconv_ext.solvers.layer).
+        return conv2d_exact(output, layer, padding, padding_mode, eps, rcond,
+                            "cg" if solver is None else solver, tol, max_iter, precond,
+                            return_info)
+    dtype = spectral.compute_dtype(output.dtype)
+    # Repeated calls with the same layer reuse its plan (the per-frequency
+    # SVD costs far more than a solve).
+    plan = cache.cached_plan(
+        layer.weight, ("layer", size, dtype, layer.groups, layer.dilation, layer.bias, eps, rcond),
+        lambda: DeconvPlan._for_layer(layer._replace(weight=layer.weight.to(dtype)), size, eps,
+                                      rcond))
     return plan(output)
 
 
 def _layer_args(weight, input_size, groups, dilation):
     size = V.size2("input_size", input_size)
-    dil = V.pair("dilation", dilation)
-    multichannel.check_conv_weight(weight, groups, dil, size)
-    return weight.to(reference.compute_dtype(weight.dtype)), size, int(groups), dil
+    layer = V.conv_layer(weight, groups, dilation, None, size)
+    return (layer.weight.to(spectral.compute_dtype(weight.dtype)), size, layer.groups,
+            layer.dilation)
 
 
 def conv2d_svdvals(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:
@@ -355,9 +359,7 @@ def conv2d_svdvals(weight: torch.Tensor, input_size, groups: int = 1, dilation=1
        Convolutional Layers", ICLR 2019.
     """
     w, size, groups, dil = _layer_args(weight, input_size, groups, dilation)
-    if backend.selected() == "torch":
-        return reference.conv2d_svdvals(w, size, groups, dil)
-    return multichannel.svdvals(w, size, groups, dil)
+    return svdvals(w, size, groups, dil)
 
 
 def conv2d_opnorm(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:
@@ -367,7 +369,7 @@ def conv2d_opnorm(weight: torch.Tensor, input_size, groups: int = 1, dilation=1)
     tensor, computed block by block without storing every ``K(w)``.
     """
     w, size, groups, dil = _layer_args(weight, input_size, groups, dilation)
-    return multichannel.opnorm(w, size, groups, dil)
+    return opnorm(w, size, groups, dil)
 
 
 def conv2d_cond(weight: torch.Tensor, input_size, groups: int = 1, dilation=1) -> torch.Tensor:

@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from . import _validate as V
-from .plan import DeconvPlan
+from . import validation as V
+from .plans import DeconvPlan
 
 __all__ = ["ConvPinv2d"]
 

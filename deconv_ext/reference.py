@@ -5,7 +5,7 @@ FFTs, kernels embedded pixel by pixel, per-frequency SVDs. The fast paths
 (C++ on CPU, Triton on GPU) are tested against these functions, and these
 functions are tested against dense operator matrices and ``F.conv2d``.
 
-Conventions (DESIGN.md section 1):
+Conventions:
 
 * Image convention: ``blurred = image (*) psf``, a true circular convolution
   whose PSF origin is pixel ``(kh // 2, kw // 2)``.
@@ -24,7 +24,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .spectral import LAPLACIAN, compute_dtype, default_rcond
+from .maths.spectral import LAPLACIAN, compute_dtype, default_rcond
 
 __all__ = [
     "default_rcond",
@@ -110,7 +110,7 @@ def _symmetrise(e: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 def _spectral_solve(Y, K, eps, R2, rcond, size, dtype):
-    """Per-frequency solve on full spectra (the rule of DESIGN.md section 1)."""
+    """Per-frequency solve on full spectra (the rule of docs/architecture.md, "The maths")."""
     if rcond is None:
         rcond = default_rcond(size, dtype)
     K2 = K.abs() ** 2

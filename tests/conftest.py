@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 
-# A stale inductor cache can serve old code for a redefined op (DESIGN.md
-# section 5); set before torch (and its inductor config) is imported.
+# A stale inductor cache can serve old code for a redefined op; set before
+# torch (and its inductor config) is imported.
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
-# CPU calls use torch.fft (the ops) unless a test picks another FFT backend:
-# no per-shape timing runs, no cache file written by the suite.
-os.environ.setdefault("DECONV_EXT_FFT", "torch")
+# CPU calls use the C++ pipeline unless a test picks another FFT library: no
+# per-shape timing runs, no cache file written by the suite. (Set before
+# deconv_ext is imported: its configuration is read once.)
+os.environ.setdefault("DECONV_EXT_CPU_FFT", "pipeline")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -25,6 +26,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def configure(monkeypatch):
+    """``configure(cpu_fft="scipy", ...)``: change deconv_ext's configuration for one test."""
+    import dataclasses
+
+    from deconv_ext import config
+
+    def change(**changes):
+        monkeypatch.setattr(config, "_current", dataclasses.replace(config.get(), **changes))
+
+    return change
 
 
 # -- hypothesis profiles (tests/test_properties.py) --------------------------

@@ -18,8 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import deconv_ext as dx
-from deconv_ext import solvers
-from deconv_ext.boundary import ConvOperator, padded_geometry
+from deconv_ext import reference
+from deconv_ext.maths import dct as mdct
+from deconv_ext.maths import padding
+from deconv_ext.plans.padded import padded_geometry, taper_border
+from deconv_ext.solvers import dct as sdct
+from deconv_ext.solvers.operators import ConvOperator
 from oracles import invertible_psf, rel_err
 
 SCIPY_MODE = {"reflect": "mirror", "symmetric": "reflect", "replicate": "nearest",
@@ -222,8 +226,8 @@ def test_conv2d_pinv_same_padding_modes_equal_dense(gen, padding_mode, layer):
 def test_dct2_matches_scipy(gen, shape):
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
     want = scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho")
-    assert np.abs(solvers.dct2(x).numpy() - want).max() < 1e-13
-    assert (solvers.idct2(solvers.dct2(x)) - x).abs().max() < 1e-13
+    assert np.abs(mdct.dct2(x).numpy() - want).max() < 1e-13
+    assert (mdct.idct2(mdct.dct2(x)) - x).abs().max() < 1e-13
 
 
 @pytest.mark.parametrize("size", [(9, 7), (8, 10)])
@@ -257,10 +261,10 @@ def test_dct2_idct2_2d_makhoul_match_scipy(gen, shape, dtype, tol):
     # dct2 / idct2 are one rfft2 / irfft2 of the 2D-reordered array (2D Makhoul).
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
     xs = x.numpy()
-    got = solvers.dct2(x.to(dtype))
+    got = mdct.dct2(x.to(dtype))
     assert got.dtype == dtype and got.shape == x.shape
     assert np.abs(got.double().numpy() - scipy.fft.dctn(xs, axes=(-2, -1), norm="ortho")).max() < tol
-    inv = solvers.idct2(x.to(dtype))
+    inv = mdct.idct2(x.to(dtype))
     assert inv.dtype == dtype and inv.shape == x.shape
     assert np.abs(inv.double().numpy() - scipy.fft.idctn(xs, axes=(-2, -1), norm="ortho")).max() < tol
 
@@ -269,8 +273,8 @@ def test_dct2_gradients_are_the_transposes(gen):
     # Orthonormal: the adjoint of dct2 is idct2, so <dct2(x), y> = <x, idct2(y)>.
     x = torch.randn(2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 6, 7, generator=gen, dtype=torch.float64)
-    (g,) = torch.autograd.grad((solvers.dct2(x) * y).sum(), x)
-    assert (g - solvers.idct2(y)).abs().max() < 1e-13
+    (g,) = torch.autograd.grad((mdct.dct2(x) * y).sum(), x)
+    assert (g - mdct.idct2(y)).abs().max() < 1e-13
 
 
 def _dct_psf(gen, dtype=torch.float64):
@@ -285,40 +289,40 @@ def _dct_psf(gen, dtype=torch.float64):
 @pytest.mark.parametrize("shape", [(9, 7), (8, 10), (2, 3, 16, 12)])
 @pytest.mark.parametrize("method,eps,reg", [("tikhonov", 1e-2, None), ("pinv", 0.0, None),
                                             ("tikhonov", 1e-3, "laplacian")])
-def test_dct_solve_cpp_scipy_and_torch_transforms_agree(gen, shape, dtype, tol, method, eps, reg):
-    # Eager CPU calls run the C++ solve (csrc/dct.cpp); DECONV_EXT_FFT=scipy pocketfft's
-    # native DCTs; autograd, compile and GPU the torch 2D Makhoul transforms. Same answer,
-    # cached or not, and equal to scipy.fft's own dctn / idctn.
+def test_dct_solve_cpp_scipy_and_torch_transforms_agree(configure, gen, shape, dtype, tol, method,
+                                                        eps, reg):
+    # Eager CPU calls run the C++ solve (csrc/dct.cpp); DECONV_EXT_CPU_FFT=scipy pocketfft's
+    # native DCTs; autograd and compile the dct_solve op; GPU the torch 2D Makhoul
+    # transforms. Same answer, cached or not, and equal to scipy.fft's own dctn / idctn.
     import scipy.fft
 
-    from deconv_ext import fft_backend, plan_cache, solvers
+    from deconv_ext import execution
+    from deconv_ext.plans import cache as plan_cache
 
     psf = _dct_psf(gen, dtype)
     y = torch.randn(*shape, generator=gen, dtype=dtype)
     kw = dict(eps=eps, method=method, reg=reg, boundary="symmetric", solver="dct")
     plan_cache.clear()
-    assert solvers._eager_dct(y, torch.ones(y.shape[-2:], dtype=dtype)) == "cpp"
+    assert execution.route(y, torch.ones(y.shape[-2:], dtype=dtype), fft=False) == "pipeline"
     a = dx.deconvolve(y, psf, **kw)
     b = dx.deconvolve(y, psf, **kw)                      # cached filter
-    fft_backend.set_backend("scipy")
-    try:
-        c = dx.deconvolve(y, psf, **kw)
-    finally:
-        fft_backend.set_backend(None)
-    d = dx.deconvolve(y.clone().requires_grad_(True), psf, **kw).detach()  # torch transforms
-    filt = solvers._dct_filter(psf, tuple(shape[-2:]), eps, method, reg,
-                               10 * max(shape[-2:]) * torch.finfo(dtype).eps, dtype)
+    d = dx.deconvolve(y.clone().requires_grad_(True), psf, **kw).detach()  # the op
+    configure(cpu_fft="scipy")
+    c = dx.deconvolve(y, psf, **kw)
+    filt = sdct._dct_filter(psf, tuple(shape[-2:]), eps, method, reg,
+                            10 * max(shape[-2:]) * torch.finfo(dtype).eps, dtype)
+    e = mdct.idct2(mdct.dct2(y) * filt)                  # the torch transforms
     ref = scipy.fft.idctn(filt.double().numpy() * scipy.fft.dctn(
         y.double().numpy(), axes=(-2, -1), norm="ortho"), axes=(-2, -1), norm="ortho")
     assert a.dtype == dtype and a.shape == y.shape and a.is_contiguous()
     scale = float(a.abs().max())
     assert (a - b).abs().max() == 0
-    for other in (c, d, torch.from_numpy(ref).to(dtype)):
+    for other in (c, d, e, torch.from_numpy(ref).to(dtype)):
         assert (a - other).abs().max() <= tol * scale
 
 
 def test_dct_solve_per_sample_psf_and_cache_by_content(gen):
-    from deconv_ext import plan_cache
+    from deconv_ext.plans import cache as plan_cache
 
     psfs = torch.stack([_dct_psf(gen), _dct_psf(gen)])[:, None]      # (2, 1, 5, 3)
     y = torch.randn(2, 3, 10, 9, generator=gen, dtype=torch.float64)
@@ -404,14 +408,16 @@ def test_padded_path_half_dtype_and_torch_backend(gen, monkeypatch):
     got = dx.deconvolve(y.half(), psf, eps=1e-2, boundary="reflect", taper=4)
     assert got.dtype == torch.float16 and got.shape == y.shape
     assert rel_err(got.float(), want) < 5e-3
-    monkeypatch.setenv("DECONV_EXT_BACKEND", "torch")
-    ref = dx.deconvolve(y, psf, eps=1e-2, boundary="reflect", taper=4)
+    # The reference: the same extension and taper, then the pure-torch circular solve.
+    plan = dx.DeconvPlan(psf, (20, 17), eps=1e-2, boundary="reflect", taper=4)
+    geo = plan.geometry
+    buf = padding.pad(y, geo.top, geo.left, *geo.fft_size, "reflect")
+    buf = taper_border(buf, geo, 4)
+    ref = reference.deconvolve(buf, psf, eps=1e-2)[..., geo.top:geo.top + 20, geo.left:geo.left + 17]
     assert rel_err(ref, want) < 1e-5
 
 
 def test_taper_blends_border_to_mean(gen, camera):
-    from deconv_ext.boundary import taper_border
-
     y = camera[:40, :30].clone()
     geo = padded_geometry((40, 30), (9, 9), taper=6)
     buf = torch.ops.deconv_ext.pad(y, geo.top, geo.left, *geo.fft_size, "reflect")

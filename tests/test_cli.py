@@ -232,7 +232,7 @@ def test_format_that_cannot_hold_the_pixels_leaves_nothing(tmp_path, capsys, sha
 
 
 def test_boundary_choices_follow_the_library(capsys):
-    from deconv_ext import _validate
+    from deconv_ext import validation as _validate
 
     with pytest.raises(SystemExit) as exc:
         cli.main(["deblur", "--help"])

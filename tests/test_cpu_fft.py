@@ -61,7 +61,7 @@ def test_kernel_gradient_transform_equals_scipy(gen):
     """filter2d_grad_k runs rfft2 of the image and of the gradient (non-contiguous here)."""
     x = torch.randn(2, 40, 36, generator=gen, dtype=torch.float64)
     grad = torch.randn(2, 36, 40, generator=gen, dtype=torch.float64).transpose(-1, -2)
-    got = _C.filter2d_grad_k(grad, x, [40, 19], False)
+    got = torch.ops.deconv_ext.filter2d_grad_k(grad, x, [40, 19], False)
     # d/dK of sum(grad * irfft2(K X)) = sum over the batch of conj(X) rfft2(grad)/(HW) with
     # the columns that stand for two full-spectrum bins doubled (the irfft2 adjoint).
     G = scipy.fft.rfft2(grad.numpy()) / (40 * 36)
@@ -193,11 +193,11 @@ def test_bad_dtypes_and_lazy_views_of_the_fft_paths(gen):
     k = torch.randn(8, 5, generator=gen, dtype=torch.complex64)
     for bad in (g.half(), g.bfloat16(), g.to(torch.int32)):
         with pytest.raises(RuntimeError, match="expected a float32 or float64|must match"):
-            _C.filter2d_grad_k(bad, bad, [8, 5], False)
+            torch.ops.deconv_ext.filter2d_grad_k(bad, bad, [8, 5], False)
     with pytest.raises(RuntimeError, match="must match image"):
-        _C.deconv2d_grad_k(g.half(), g, k, None, 0.1, torch.zeros(()), False)
+        torch.ops.deconv_ext.deconv2d_grad_k(g.half(), g, k, None, 0.1, torch.zeros(()), False)
     with pytest.raises(RuntimeError, match="must match image"):
-        _C.deconv2d_grad_k(g, g.double(), k.to(torch.complex128), None, 0.1,
+        torch.ops.deconv_ext.deconv2d_grad_k(g, g.double(), k.to(torch.complex128), None, 0.1,
                            torch.zeros((), dtype=torch.float64), False)
     x = torch.randn(3, 10, 12, generator=gen, dtype=torch.float64)
     kk = torch.randn(10, 7, generator=gen, dtype=torch.complex128)
@@ -207,5 +207,5 @@ def test_bad_dtypes_and_lazy_views_of_the_fft_paths(gen):
     f = torch.randn(10, 12, generator=gen, dtype=torch.float64)
     assert torch.allclose(_C.dct_solve(neg, f), -_C.dct_solve(x, f), rtol=0, atol=1e-13)
     empty = torch.zeros(0, 3, 10, 12, dtype=torch.float64)
-    assert _C.filter2d_grad_k(empty, empty, [10, 7], False).abs().sum() == 0
+    assert torch.ops.deconv_ext.filter2d_grad_k(empty, empty, [10, 7], False).abs().sum() == 0
     assert _C.filter2d(empty, kk, False).shape == empty.shape

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import deconv_ext as dx
-from deconv_ext import multichannel as mc
-from deconv_ext import spectral
+from deconv_ext import execution, reference
+from deconv_ext.execution import threads
+from deconv_ext.maths import spectral
+from deconv_ext.plans import layer_spectra as mc
+from deconv_ext.plans.spectra import psf_spectrum
 from oracles import conv2d_circular, dense_layer_operator, rel_err
 
 ops = torch.ops.deconv_ext
@@ -85,7 +88,7 @@ def test_layer_spectrum_equals_psf_spectrum_of_flipped_kernel(gen, c_out, c_in_g
                                                                 dil, size):
     w = _weight(gen, c_out, c_in_g, k)
     K = mc.layer_spectrum(w, size, groups, dil)
-    P = spectral.psf_spectrum(spectral.conv2d_kernel_as_psf(w, dil), size)
+    P = psf_spectrum(spectral.conv2d_kernel_as_psf(w, dil), size)
     assert K.shape == (groups, c_out // groups, c_in_g, size[0], size[1] // 2 + 1)
     assert rel_err(torch.view_as_real(K.reshape(P.shape)), torch.view_as_real(P)) <= 1e-14
     rows = mc.layer_spectrum(w, size, groups, dil, rows=(1, 3))
@@ -120,7 +123,7 @@ def test_plan_blur_and_adjoint_equal_dense(gen, c_out, c_in_g, groups, k, dil, s
     bias = torch.randn(c_out, generator=gen, dtype=f64)
     A = _dense_operator(w, size, groups, dil)
     plan = dx.DeconvPlan.for_conv2d(w, size, groups=groups, dilation=dil, bias=bias)
-    assert isinstance(plan, dx.DeconvPlan) and isinstance(plan, mc.MultiChannelPlan)
+    assert isinstance(plan, dx.Plan) and isinstance(plan, dx.LayerPlan)
     x = torch.randn(3, c_in_g * groups, *size, generator=gen, dtype=f64)
     y = torch.randn(3, c_out, *size, generator=gen, dtype=f64)
     assert rel_err(plan.blur(x), conv2d_circular(x, w, bias, groups, dil)) <= 1e-12
@@ -287,24 +290,24 @@ def test_channel_mix_gradcheck_and_opcheck(gen, adjoint):
 
 def test_batched_linalg_split_equals_direct(gen):
     K = torch.randn(3, 7, 5, 4, 2, generator=gen, dtype=torch.complex128)
-    assert torch.equal(mc.batched_linalg(torch.linalg.svdvals, K), torch.linalg.svdvals(K))
-    U, S, Vh = mc.batched_linalg(lambda k: torch.linalg.svd(k, full_matrices=False), K)
+    assert torch.equal(execution.batched_linalg(torch.linalg.svdvals, K), torch.linalg.svdvals(K))
+    U, S, Vh = execution.batched_linalg(lambda k: torch.linalg.svd(k, full_matrices=False), K)
     assert U.shape == (3, 7, 5, 4, 2) and S.shape == (3, 7, 5, 2) and Vh.shape == (3, 7, 5, 2, 2)
     assert float((U @ (S.to(K.dtype).unsqueeze(-1) * Vh) - K).abs().max()) <= 1e-13
     threads = torch.get_num_threads()
-    mc.batched_linalg(torch.linalg.svdvals, K)
+    execution.batched_linalg(torch.linalg.svdvals, K)
     assert torch.get_num_threads() == threads  # restored
 
 
 @pytest.mark.parametrize("c_out,c_in_g,groups", [(3, 2, 1), (12, 9, 1), (4, 3, 2)])
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
-def test_matrix_free_equals_stored_filter(gen, monkeypatch, c_out, c_in_g, groups, eps):
+def test_matrix_free_equals_stored_filter(configure, gen, monkeypatch, c_out, c_in_g, groups, eps):
     w = _weight(gen, c_out, c_in_g, (3, 3))
     size = (9, 10)
     y = torch.randn(2, c_out, *size, generator=gen, dtype=f64)
     x = torch.randn(2, c_in_g * groups, *size, generator=gen, dtype=f64)
-    stored = mc.MultiChannelPlan(w, size, groups, eps=eps)
-    free = mc.MultiChannelPlan(w, size, groups, eps=eps, max_filter_bytes=0)
+    stored = dx.LayerPlan(w, size, groups, eps=eps)
+    free = dx.LayerPlan(w, size, groups, eps=eps, max_filter_bytes=0)
     assert stored.mode == "filter" and stored.filter is not None
     assert free.mode == "matrix_free" and free.filter is None
     assert stored.fused == (max(c_out // groups, c_in_g) <= mc.FUSED_MAX_CHANNELS)
@@ -314,10 +317,10 @@ def test_matrix_free_equals_stored_filter(gen, monkeypatch, c_out, c_in_g, group
     # The automatic rule: the stored filter's size against the budget.
     nbytes = mc.filter_bytes(w.shape, groups, size, f64)
     assert nbytes == c_out * c_in_g * size[0] * (size[1] // 2 + 1) * 16
-    monkeypatch.setenv(mc.MAX_FILTER_BYTES_ENV, str(nbytes - 1))
-    assert mc.MultiChannelPlan(w, size, groups, eps=eps).mode == "matrix_free"
-    monkeypatch.setenv(mc.MAX_FILTER_BYTES_ENV, str(nbytes))
-    assert mc.MultiChannelPlan(w, size, groups, eps=eps).mode == "filter"
+    configure(max_filter_bytes=nbytes - 1)
+    assert dx.LayerPlan(w, size, groups, eps=eps).mode == "matrix_free"
+    configure(max_filter_bytes=nbytes)
+    assert dx.LayerPlan(w, size, groups, eps=eps).mode == "filter"
 
 
 def test_torch_backend_equals_compiled_path(gen, monkeypatch):
@@ -328,9 +331,13 @@ def test_torch_backend_equals_compiled_path(gen, monkeypatch):
     plan = dx.DeconvPlan.for_conv2d(w, (7, 6), bias=bias, dilation=(2, 1))
     fast = (plan(y), plan.blur(x), plan.adjoint(y), dx.conv2d_svdvals(w, (7, 6)),
             dx.conv2d_pinv(y, w, bias, dilation=(2, 1), eps=0.1))
-    monkeypatch.setenv("DECONV_EXT_BACKEND", "torch")
-    ref = (plan(y), plan.blur(x), plan.adjoint(y), dx.conv2d_svdvals(w, (7, 6)),
-           dx.conv2d_pinv(y, w, bias, dilation=(2, 1), eps=0.1))
+    K = reference.layer_transfer_matrix(w, (7, 6), 1, (2, 1))
+    Y = torch.fft.fft2(y).movedim(-3, -1).unsqueeze(-1)
+    adjoint = torch.fft.ifft2((K.mH @ Y).squeeze(-1).movedim(-1, -3)).real
+    ref = (reference.conv2d_pinv(y, w, bias, dilation=(2, 1)),
+           reference.conv2d_forward(x, w, bias, 1, (2, 1)), adjoint,
+           reference.conv2d_svdvals(w, (7, 6), 1, (1, 1)),
+           reference.conv2d_pinv(y, w, bias, dilation=(2, 1), eps=0.1))
     for a, b in zip(fast, ref):
         assert rel_err(a, b) <= 1e-12
 
@@ -487,7 +494,7 @@ def test_bad_input_to_plan_and_svdvals():
     with pytest.raises(TypeError, match="plan computes in torch.float32"):
         plan(torch.rand(2, 4, 8, 9, dtype=f64))
     with pytest.raises(ValueError, match="max_filter_bytes=-1 is not valid"):
-        mc.MultiChannelPlan(w, (8, 9), max_filter_bytes=-1)
+        dx.LayerPlan(w, (8, 9), max_filter_bytes=-1)
     with pytest.raises(ValueError, match=r"input_size=\(8,\) is not valid"):
         dx.conv2d_svdvals(w, (8,))
     with pytest.raises(ValueError, match=r"input_size \(2, 9\) is smaller than the dilated kernel"):

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import deconv_ext as dx
-from deconv_ext import multichannel as mc
+from deconv_ext import execution
+from deconv_ext.execution import threads
 from oracles import (conv2d_circular, dense_image_operator, invertible_psf, rel_err)
 
 F64 = torch.float64
@@ -30,7 +31,7 @@ def rng(seed=1234):
 
 def dense_pinv_solve(psf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``pinv(A, rtol) @ y`` for the circular blur's dense matrix (scipy oracle)."""
-    from deconv_ext import spectral
+    from deconv_ext.maths import spectral
 
     size = tuple(y.shape[-2:])
     A = torch.from_numpy(dense_image_operator(psf.numpy(), size))
@@ -368,7 +369,7 @@ def test_plan_build_leaves_other_threads_thread_count_alone(two_threads):
     def builder():
         try:
             while not stop.is_set():
-                mc.MultiChannelPlan(w, (32, 32))
+                dx.LayerPlan(w, (32, 32))
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -387,7 +388,7 @@ def test_plan_build_leaves_other_threads_thread_count_alone(two_threads):
         # A user setting made while plans are being built survives them.
         torch.set_num_threads(3)
         for _ in range(20):
-            mc.MultiChannelPlan(w, (32, 32))   # the main thread builds too
+            dx.LayerPlan(w, (32, 32))   # the main thread builds too
     finally:
         stop.set()
         b.join()
@@ -408,10 +409,10 @@ def test_batched_linalg_workers_run_single_threaded(two_threads):
         seen.append(torch.get_num_threads())
         return torch.linalg.svdvals(k)
 
-    S = mc.batched_linalg(fn, K)
+    S = execution.batched_linalg(fn, K)
     assert torch.equal(S, torch.linalg.svdvals(K))
     assert len(seen) == 2 and torch.get_num_threads() == 2
-    if mc._omp_set_num_threads() is not None:      # torch built with OpenMP (CI: yes)
+    if threads._omp_set_num_threads() is not None:      # torch built with OpenMP (CI: yes)
         assert seen == [1, 1]
 
 
@@ -525,7 +526,7 @@ def _object_plans():
         "depthwise": (dx.DeconvPlan.for_conv2d(wd, size, groups=3, dilation=(1, 2),
                                                bias=b[:3]), (2, 3, *size)),
         "multichannel": (dx.DeconvPlan.for_conv2d(w, size, bias=b), (2, 4, *size)),
-        "matrix_free": (mc.MultiChannelPlan(w, size, eps=1e-2, max_filter_bytes=0), (2, 4, *size)),
+        "matrix_free": (dx.LayerPlan(w, size, eps=1e-2, max_filter_bytes=0), (2, 4, *size)),
     }
 
 

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from deconv_ext import _ops  # noqa: E402
+from deconv_ext import execution as _ops  # noqa: E402
 
 if not _ops.available():
     pytest.skip("the C++ extension is not built", allow_module_level=True)
@@ -406,7 +406,7 @@ def test_cuda_kernels_registered():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter switch exists only without CUDA")
-def test_backend_triton_end_to_end(monkeypatch, gen):
+def test_backend_triton_end_to_end(configure, monkeypatch, gen):
     import deconv_ext as dx
 
     calls = []
@@ -428,10 +428,10 @@ def test_backend_triton_end_to_end(monkeypatch, gen):
                 dx.deconvolve(img.float(), psf, method="pinv"),
                 plan(img), plan.blur(img), plan.adjoint(img)]
 
-    monkeypatch.setenv("DECONV_EXT_BACKEND", "cpp")
+    configure(kernels="auto")
     expect = run_all()
     assert not calls
-    monkeypatch.setenv("DECONV_EXT_BACKEND", "triton")
+    configure(kernels="triton")
     got = run_all()
     assert {"spectral_mul"} <= set(calls) and ({"spectral_solve", "spectral_solve_"} & set(calls))
     for a, b in zip(got, expect):

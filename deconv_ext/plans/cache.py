@@ -1,4 +1,4 @@
-"""A small cache of plans for repeated one-shot calls with the same small PSF.
+"""A small cache of plans for repeated one-shot calls with the same small PSF or layer.
 
 ``deconvolve(image, psf)`` builds a plan (the PSF's spectrum at the image
 size: an FFT as large as the image) on every call. A pipeline that deblurs
@@ -39,16 +39,29 @@ def clear() -> None:
         _sizes.clear()
 
 
+def _digest(t: torch.Tensor) -> str:
+    raw = t.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
+    return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _cacheable(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and not t.requires_grad and t.numel() <= MAX_PSF_ELEMENTS
+
+
 def _key(psf: torch.Tensor, extra: tuple) -> Optional[Hashable]:
-    if (torch.compiler.is_compiling() or psf.requires_grad or psf.device.type != "cpu"
-            or psf.numel() > MAX_PSF_ELEMENTS):
+    # Plans made under inference_mode hold inference tensors, which a later
+    # call under autograd could not save for backward: never keep them.
+    if (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+            or not _cacheable(psf)):
         return None
+    parts = []
     for v in extra:
         if isinstance(v, torch.Tensor):
-            return None  # tensor eps / reg: not worth hashing, may carry gradients
-    raw = psf.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
-    digest = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16)
-    return (digest.hexdigest(), tuple(psf.shape), psf.dtype, psf.device) + extra
+            if v.dim() > 1 or not _cacheable(v):
+                return None  # tensor eps / reg: not worth hashing, may carry gradients
+            v = (_digest(v), tuple(v.shape), v.dtype)  # a small vector, e.g. a layer's bias
+        parts.append(v)
+    return (_digest(psf), tuple(psf.shape), psf.dtype, psf.device) + tuple(parts)
 
 
 def cached_plan(psf: torch.Tensor, extra: tuple, build: Callable[[], object]):

@@ -1,15 +1,19 @@
-"""Argument checks shared by the public functions.
+"""Every argument check, in one module, called at the public entry points.
 
-Every check raises before any work starts, with a message that names the
-argument, the value received and what was expected.
+Each check raises before any work starts: ``TypeError`` for a wrong type,
+``ValueError`` for a wrong value, with a message that names the argument, the
+value received and what was expected. (``RuntimeError`` comes only from
+inside ops.)
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
+
+from .maths.spectral import compute_dtype
 
 METHODS = ("tikhonov", "pinv")
 BOUNDARIES = ("circular", "reflect", "symmetric", "replicate", "zeros")
@@ -187,8 +191,6 @@ def finite(name: str, value) -> None:
 def plan_input(x, name: str, image_size: Tuple[int, int], like: torch.Tensor,
                dtype: torch.dtype) -> torch.Tensor:
     """An image for a plan made for ``image_size``, on ``like``'s device, computing in ``dtype``."""
-    from .spectral import compute_dtype
-
     image(x, name)
     if tuple(x.shape[-2:]) != tuple(image_size):
         raise ValueError(f"{name} has spatial size {tuple(x.shape[-2:])}; this plan was made "
@@ -198,3 +200,86 @@ def plan_input(x, name: str, image_size: Tuple[int, int], like: torch.Tensor,
         raise TypeError(f"{name} has dtype {x.dtype} but the plan computes in {dtype}; "
                         f"use plan.to(dtype={compute_dtype(x.dtype)})")
     return x
+
+
+# -- conv layers (conv2d_pinv, conv2d_svdvals, DeconvPlan.for_conv2d, LayerPlan, ConvPinv2d) --
+class Layer(NamedTuple):
+    """A checked conv layer: the weight, ``groups`` and ``dilation`` as ints, and the bias."""
+
+    weight: torch.Tensor
+    groups: int
+    dilation: Tuple[int, int]
+    bias: Optional[torch.Tensor]
+    c_out: int
+    c_in: int
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per group and as many groups as channels: element-wise per channel."""
+        return self.groups == self.c_out and self.weight.shape[1] == 1
+
+
+def groups(value, c_out: int) -> int:
+    """A positive int (any integral type, not bool) dividing ``c_out``."""
+    # ValueError for a float or bool too, as for every other bad groups value.
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            or c_out % int(value)):
+        raise ValueError(f"groups={value!r} is not valid; expected a positive int dividing "
+                         f"C_out={c_out}")
+    return int(value)
+
+
+def scalar_eps(value, name: str = "eps") -> float:
+    """A finite float >= 0 (layers take no per-frequency eps tensor)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a scalar eps (a float >= 0) for conv layers; a "
+                        f"per-frequency eps tensor is supported by deconvolve/DeconvPlan only")
+    return eps(value, (1, 1), name)
+
+
+def conv_layer(weight, groups_, dilation, bias, size: Optional[Tuple[int, int]] = None) -> Layer:
+    """Check a conv layer ``(weight, groups, dilation, bias)``, and that its dilated
+    kernel fits in ``size`` (H, W) when given.
+
+    weight : Tensor (C_out, C_in / groups, kh, kw), real floating
+    bias : None or Tensor (C_out,), real floating, on the weight's device
+    """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected a real floating dtype")
+    if weight.dim() != 4:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected 4 dims "
+                         f"(C_out, C_in / groups, kh, kw)")
+    c_out, c_in_g, kh, kw = weight.shape
+    if min(c_out, c_in_g, kh, kw) < 1:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected every dim >= 1")
+    g = groups(groups_, c_out)
+    dil = pair("dilation", dilation)
+    if size is not None:
+        Dh, Dw = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
+        if Dh > size[0] or Dw > size[1]:
+            raise ValueError(f"input_size {tuple(size)} is smaller than the dilated kernel "
+                             f"({Dh}x{Dw}, kernel {kh}x{kw}, dilation {dil}); expected H >= {Dh} "
+                             f"and W >= {Dw}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be None or a torch.Tensor of shape ({c_out},), got "
+                            f"{type(bias).__name__}")
+        if bias.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"bias has dtype {bias.dtype}; expected a real floating dtype")
+        if tuple(bias.shape) != (c_out,):
+            raise ValueError(f"bias must be a tensor of shape ({c_out},), got "
+                             f"{tuple(bias.shape)}")
+        same_device("bias", bias, "weight", weight)
+    return Layer(weight, g, dil, bias, c_out, c_in_g * g)
+
+
+def max_filter_bytes(value) -> Optional[int]:
+    """None, or an int >= 0 (bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"max_filter_bytes={value!r} is not valid; expected an int >= 0 "
+                         f"(bytes) or None")
+    return int(value)

@@ -7,7 +7,7 @@ torch versions take the per-frequency kernels as an argument (any object with
 
 * as the CUDA kernels of the pipeline ops (the per-frequency kernels are then
   ``torch.ops.deconv_ext``, i.e. the Triton launchers for CUDA tensors), and
-* for ``DECONV_EXT_BACKEND=triton`` on a CPU-only machine, with the Triton
+* for ``DECONV_EXT_KERNELS=triton`` on a CPU-only machine, with the Triton
   launchers run by the interpreter.
 
 Inside an op these run eagerly: the compiler never sees their complex

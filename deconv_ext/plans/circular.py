@@ -10,14 +10,17 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import _validate as V
-from . import backend, fft_backend, reference, spectral
-from . import boundary as _boundary
+from .. import execution
+from .. import validation as V
+from ..maths import spectral
+from . import padded, spectra
+from .base import Plan
+from .layer import LayerPlan
 
 __all__ = ["DeconvPlan"]
 
 
-class DeconvPlan:
+class DeconvPlan(Plan):
     """Reusable regularised inverse of one circular convolution.
 
     Model: ``y = x (*) psf`` (true circular convolution, PSF origin at
@@ -54,7 +57,7 @@ class DeconvPlan:
         padded fast FFT size (the image plus at least the PSF's half size on
         each side, rounded up to factors 2, 3, 5, 7); ``plan(y)`` extends
         ``y`` by the boundary rule, solves circularly there and crops (the
-        fast approximation, ``deconv_ext.boundary``); ``blur``/``adjoint``
+        fast approximation, :mod:`deconv_ext.plans.padded`); ``blur``/``adjoint``
         are the exact non-circular forward model and its adjoint.
     taper : int >= 0, optional
         Non-circular only: width in pixels over which the extended border is
@@ -85,7 +88,7 @@ class DeconvPlan:
         if isinstance(eps, torch.Tensor):
             V.same_device("eps", eps, "psf", psf)
         self.image_size: Tuple[int, int] = size
-        # Non-circular boundaries (the padded fast path, deconv_ext.boundary):
+        # Non-circular boundaries (the padded fast path, plans/padded.py):
         # the spectrum lives at the padded fast FFT size.
         self.boundary = V.choice("boundary", boundary, V.BOUNDARIES)
         self.taper = V.taper(taper)
@@ -95,13 +98,13 @@ class DeconvPlan:
             if isinstance(eps, torch.Tensor) and any(n != 1 for n in eps.shape[-2:]):
                 raise ValueError(f"a per-frequency eps tensor needs boundary='circular' (the "
                                  f"padded solve of boundary={boundary!r} uses another FFT size)")
-            self.geometry = _boundary.padded_geometry(size, tuple(psf.shape[-2:]), self.taper)
+            self.geometry = padded.padded_geometry(size, tuple(psf.shape[-2:]), self.taper)
             self.fft_size = self.geometry.fft_size
         self.dtype: torch.dtype = dtype or spectral.compute_dtype(psf.dtype)
         self.method = method
         self.rcond = rcond
         self.bias: Optional[torch.Tensor] = None
-        # Kept to rebuild the plan (.to, pickling) and for the reference backend.
+        # Kept to rebuild the plan (.to, pickling).
         self.psf = psf.to(self.dtype)
         self.reg = reg.to(self.dtype) if isinstance(reg, torch.Tensor) else reg
         self.eps = eps.to(self.dtype) if isinstance(eps, torch.Tensor) else eps
@@ -109,14 +112,14 @@ class DeconvPlan:
 
     # -- construction -------------------------------------------------------
     def _build(self) -> None:
-        size = getattr(self, "fft_size", self.image_size)
+        size = self.fft_size
         dtype, device = self.dtype, self.psf.device
-        self.spectrum = spectral.psf_spectrum(self.psf, size)
+        self.spectrum = spectra.psf_spectrum(self.psf, size)
         rcond = spectral.default_rcond(size, dtype) if self.rcond is None else self.rcond
         # The threshold is a choice of which frequencies to keep, not a
         # differentiable quantity.
-        self.thresh = spectral.pinv_threshold(self.spectrum.detach(), rcond).to(dtype)
-        power = spectral.reg_power(self.reg, size, dtype, device)
+        self.thresh = spectra.pinv_threshold(self.spectrum.detach(), rcond).to(dtype)
+        power = spectra.reg_power(self.reg, size, dtype, device)
         # The fused op takes X = conj(K) Y / (|K|^2 + eps_op * reg_op).
         if self.method == "pinv":
             self._reg_op, self._eps_op = None, 0.0
@@ -155,64 +158,32 @@ class DeconvPlan:
         DeconvPlan mapping an output (N, C_out, H, W) to an input (N, C_in, H, W).
         """
         size = V.size2("image_size", image_size)
-        dil = V.pair("dilation", dilation)
-        from .multichannel import MultiChannelPlan, check_conv_weight  # imports this module
+        layer = V.conv_layer(weight, groups, dilation, bias, size)
+        return cls._for_layer(layer, size, V.scalar_eps(eps), V.rcond(rcond))
 
-        check_conv_weight(weight, groups, dil, size)
-        if not (groups == weight.shape[0] and weight.shape[1] == 1):
-            return MultiChannelPlan(weight, size, groups=groups, dilation=dil, bias=bias, eps=eps,
-                                    rcond=rcond)
+    @classmethod
+    def _for_layer(cls, layer: V.Layer, size, eps: float, rcond):
+        """:meth:`for_conv2d` of a checked layer."""
+        if not layer.depthwise:
+            return LayerPlan._checked(layer, size, eps, rcond)
         # Depthwise: one image-convention PSF per channel, solved element-wise.
-        psf = spectral.conv2d_kernel_as_psf(weight[:, 0], dil)
+        psf = spectral.conv2d_kernel_as_psf(layer.weight[:, 0], layer.dilation)
         plan = cls(psf, size, eps=eps, method="tikhonov", reg=None, rcond=rcond)
-        if bias is not None:
-            if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
-                raise ValueError(f"bias must be a tensor of shape ({weight.shape[0]},), got "
-                                 f"{getattr(bias, 'shape', bias)}")
-            V.same_device("bias", bias, "weight", weight)
-            plan.bias = bias.to(plan.dtype)
+        if layer.bias is not None:
+            plan.bias = layer.bias.to(plan.dtype)
         return plan
-
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "DeconvPlan":
-        """A copy of the plan on another device and/or computation dtype.
-
-        Called like ``Tensor.to``: ``plan.to("cuda")``, ``plan.to(torch.float64)``,
-        ``plan.to(device, dtype)``. The spectra are rebuilt from the kernel in
-        the new dtype (not cast), so ``plan.to(torch.float64)`` of a float32
-        plan is as accurate as a plan built in float64 from the float32 PSF.
-        float16/bfloat16 give a float32 plan (the dtype such images compute in).
-        """
-        device, dtype = to_args(device, dtype)
-        new = object.__new__(DeconvPlan)
-        new.__dict__.update(self.__dict__)
-        new.dtype = dtype or self.dtype
-        def conv(t):
-            return t.to(device=device, dtype=new.dtype)
-
-        new.psf = conv(self.psf)
-        new.reg = conv(self.reg) if isinstance(self.reg, torch.Tensor) else self.reg
-        new.eps = conv(self.eps) if isinstance(self.eps, torch.Tensor) else self.eps
-        new.bias = conv(self.bias) if self.bias is not None else None
-        new._build()
-        return new
 
     # What defines a plan; everything else (spectra, thresholds) is derived.
     _STATE_KEYS = ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps",
                    "boundary", "taper", "geometry", "fft_size")
 
-    def __getstate__(self):
-        # Store the definition, rebuild the derived spectra on load.
-        return {k: self.__dict__[k] for k in self._STATE_KEYS if k in self.__dict__}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._build()
+    _TENSOR_KEYS = ("psf", "reg", "eps", "bias")
 
     def __repr__(self) -> str:
         return (f"DeconvPlan(psf={tuple(self.psf.shape)}, image_size={self.image_size}, "
                 f"method={self.method!r}, eps={self.eps if not isinstance(self.eps, torch.Tensor) else 'tensor'}, "
                 f"reg={self.reg if not isinstance(self.reg, torch.Tensor) else 'tensor'}, "
-                f"boundary={getattr(self, 'boundary', 'circular')!r}, "
+                f"boundary={self.boundary!r}, "
                 f"dtype={self.dtype}, device={self.psf.device})")
 
     # -- application --------------------------------------------------------
@@ -226,32 +197,13 @@ class DeconvPlan:
         self._check(image, "image")
         if image.numel() == 0:
             return torch.empty_like(image)
-        if getattr(self, "boundary", "circular") != "circular":
-            return _boundary.padded_solve(self, image)
-        if backend.selected() == "torch":
-            return self._reference_solve(image)
-        y = image
+        if self.boundary != "circular":
+            return padded.padded_solve(self, image)
+        y = image.to(self.dtype)
         if self.bias is not None:
-            y = y.to(self.dtype) - self.bias[:, None, None]
-        y = y.to(self.dtype)
-        args = (self.spectrum, self._reg_op, self._eps_op, self.thresh)
-        fft = self._cpu_fft(y, *args)
-        if fft is not None:
-            return fft_backend.deconv2d(fft, y, *args).to(image.dtype)
-        x = backend.kernels(image.device).deconv2d(y, *args, False)
+            y = y - self.bias[:, None, None]
+        x = execution.deconv2d(y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
         return x.to(image.dtype)
-
-    def _cpu_fft(self, x: torch.Tensor, *tensors) -> Optional[str]:
-        """The FFT library of an eager CPU call without autograd (the measured
-        per-shape choice), or None: then the ops run (compiled graphs,
-        autograd, CUDA, a forced backend)."""
-        if (x.device.type != "cpu" or torch.compiler.is_compiling()
-                or backend.selected() != "cpp"):
-            return None
-        if torch.is_grad_enabled() and any(
-                isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *tensors)):
-            return None
-        return fft_backend.choose(tuple(x.shape), x.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""
@@ -265,43 +217,9 @@ class DeconvPlan:
         self._check(x, "x" if not conj else "y")
         if x.numel() == 0:
             return torch.empty_like(x)
-        if getattr(self, "boundary", "circular") != "circular":
-            return _boundary.plan_apply(self, x, adjoint=conj)
-        xc = x.to(self.dtype)
-        if backend.selected() == "torch":
-            K = reference.psf_transfer(self.psf, self.image_size)
-            out = torch.fft.ifft2((K.conj() if conj else K) * torch.fft.fft2(xc)).real
-        else:
-            fft = self._cpu_fft(xc, self.spectrum)
-            if fft is not None:
-                out = fft_backend.filter2d(fft, xc, self.spectrum, conj)
-            else:
-                out = backend.kernels(x.device).filter2d(xc, self.spectrum, conj)
+        if self.boundary != "circular":
+            return padded.plan_apply(self, x, adjoint=conj)
+        out = execution.filter2d(x.to(self.dtype), self.spectrum, conj)
         if add_bias and self.bias is not None:
             out = out + self.bias[:, None, None]
         return out.to(x.dtype)
-
-    def _reference_solve(self, image: torch.Tensor) -> torch.Tensor:
-        y = image.to(self.dtype)
-        if self.bias is not None:
-            y = y - self.bias[:, None, None]
-        x = reference.deconvolve(y, self.psf, eps=self.eps, method=self.method, reg=self.reg,
-                                 rcond=self.rcond)
-        return x.to(image.dtype)
-
-
-def to_args(device, dtype):
-    """``(device, dtype)`` of a ``plan.to(...)`` call, parsed like ``Tensor.to``.
-
-    ``plan.to(torch.float64)`` passes the dtype positionally; float16/bfloat16
-    give float32 (the dtype such images compute in).
-    """
-    if isinstance(device, torch.dtype) and dtype is None:
-        device, dtype = None, device
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype) or dtype not in V.FLOAT_DTYPES:
-            raise TypeError(f"dtype={dtype!r} is not valid; expected a real floating "
-                            f"torch.dtype (float32/float64; float16/bfloat16 compute in "
-                            f"float32)")
-        dtype = spectral.compute_dtype(dtype)
-    return device, dtype

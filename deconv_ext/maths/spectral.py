@@ -1,6 +1,7 @@
-"""Transfer functions, regularisers and FFT sizes for the fast paths.
+"""Spectral maths shared by every layer: dtypes, thresholds, regularisers, FFT sizes.
 
-All spectra here are half spectra (``rfft2`` layout, last dim ``W // 2 + 1``):
+Pure torch, no compute back end: the reference imports this module too.
+Spectra here are half spectra (``rfft2`` layout, last dim ``W // 2 + 1``):
 the images are real, so half of the full spectrum is redundant.
 """
 from __future__ import annotations
@@ -15,13 +16,9 @@ __all__ = [
     "compute_dtype",
     "default_rcond",
     "half_width",
-    "psf_spectrum",
     "conv2d_kernel_as_psf",
     "laplacian_power",
-    "reg_power",
     "symmetrised_eps",
-    "pinv_threshold",
-    "power",
     "next_fast_size",
 ]
 
@@ -46,26 +43,6 @@ def default_rcond(size: Sequence[int], dtype: torch.dtype) -> float:
 def half_width(w: int) -> int:
     """Last dim of an ``rfft2`` spectrum of width ``w``."""
     return w // 2 + 1
-
-
-def psf_spectrum(psf: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Half-spectrum transfer function of a PSF in the image convention.
-
-    Parameters
-    ----------
-    psf : Tensor (..., kh, kw), real, kh <= H and kw <= W
-    size : (H, W)
-
-    Returns
-    -------
-    Tensor (..., H, W // 2 + 1), complex: ``rfft2`` of the PSF zero-padded to
-    (H, W) and rolled so that its origin ``(kh // 2, kw // 2)`` sits at (0, 0).
-    Without the roll the result is shifted by the PSF's half-size (the seed
-    article's bug).
-    """
-    from ._ops import ops  # the op keeps complex maths away from Inductor codegen
-
-    return ops.kernel_spectrum(psf, size[0], size[1])
 
 
 def conv2d_kernel_as_psf(weight: torch.Tensor, dilation: Tuple[int, int]) -> torch.Tensor:
@@ -107,16 +84,6 @@ def laplacian_power(size: Tuple[int, int], dtype: torch.dtype, device=None) -> t
     return (lap * lap).to(dtype)
 
 
-def reg_power(reg: Union[None, str, torch.Tensor], size: Tuple[int, int], dtype: torch.dtype,
-              device=None) -> Optional[torch.Tensor]:
-    """``|R(w)|^2`` for ``reg``: None -> None (identity), "laplacian", or a kernel tensor."""
-    if reg is None:
-        return None
-    if isinstance(reg, str):
-        return laplacian_power(size, dtype, device)
-    return power(psf_spectrum(reg.to(dtype=dtype, device=device), size))
-
-
 def symmetrised_eps(eps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Per-frequency eps in full ``fft2`` layout -> symmetrised half spectrum.
 
@@ -136,29 +103,6 @@ def symmetrised_eps(eps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     # e(-w) on the fft grid: index (-u mod H, -v mod W) = flip, then roll by one.
     neg = torch.roll(torch.flip(full, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
     return (0.5 * (full + neg))[..., : half_width(W)]
-
-
-def pinv_threshold(K: torch.Tensor, rcond: float) -> torch.Tensor:
-    """``(rcond * sigma_max)^2``, the threshold on ``|K|^2``, one per sample.
-
-    ``sigma_max`` is the largest ``|K|`` over the frequencies and channels of
-    one sample's operator, dims (-3, -2, -1) of the spectrum: what
-    ``torch.linalg.pinv(A, rtol=rcond)`` uses for the dense matrix ``A``. The
-    half spectrum holds the maximum (``|K(-w)| = |K(w)|``).
-
-    Returns
-    -------
-    Tensor (..., 1, 1, 1) (or (1, 1) for a 2D spectrum), real.
-    """
-    dims = tuple(range(-min(K.dim(), 3), 0))
-    return (rcond * rcond) * power(K).amax(dim=dims, keepdim=True)
-
-
-def power(K: torch.Tensor) -> torch.Tensor:
-    """``|K|^2`` of a complex tensor (an op: Inductor generates no complex code)."""
-    from ._ops import ops
-
-    return ops.spectral_power(K)
 
 
 @lru_cache(maxsize=4096)

@@ -43,20 +43,18 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _ops, backend, spectral
+from .. import execution
+from ..maths import spectral
 
 __all__ = [
     "NONCIRCULAR",
     "PadGeometry",
     "psf_pads",
     "padded_geometry",
-    "pad",
-    "pad_adjoint",
-    "crop",
     "taper_border",
     "apply_model",
-    "ConvOperator",
-    "Conv2dLayerOperator",
+    "padded_solve",
+    "plan_apply",
     "FAST_PAD_MODE",
 ]
 
@@ -125,95 +123,6 @@ def padded_geometry(size: Tuple[int, int], ksize: Tuple[int, int],
 # pad / its adjoint / crop: the fused ops where they exist, pure torch else.
 # ---------------------------------------------------------------------------
 
-def _ops_for(device: torch.device) -> bool:
-    """Whether the compiled pad ops serve tensors on ``device``."""
-    if backend.selected() == "torch" or not _ops.available():
-        return False
-    if device.type == "cpu":
-        return True
-    key = "CUDA" if device.type == "cuda" else device.type.upper()
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("deconv_ext::pad", key)
-    except Exception:  # pragma: no cover - unusual dispatch keys
-        return False
-
-
-def _index_map(n_out: int, offset: int, n: int, mode: str, device) -> torch.Tensor:
-    """Source index in [0, n) of each extended index, -1 for a zero (same rule as the C++ op)."""
-    i = torch.arange(n_out, device=device) - offset
-    if mode == "zeros":
-        return torch.where((i >= 0) & (i < n), i, torch.full_like(i, -1))
-    if mode == "replicate":
-        return i.clamp(0, n - 1)
-    if mode == "circular":
-        return torch.remainder(i, n)
-    if mode == "reflect":
-        if n == 1:
-            return torch.zeros_like(i)
-        p = 2 * (n - 1)
-        m = torch.remainder(i, p)
-        return torch.where(m < n, m, p - m)
-    if mode == "symmetric":
-        p = 2 * n
-        m = torch.remainder(i, p)
-        return torch.where(m < n, m, p - 1 - m)
-    raise ValueError(f"mode={mode!r} is not valid; expected one of 'zeros', 'reflect', "
-                     f"'symmetric', 'replicate', 'circular'")
-
-
-def pad_torch(x: torch.Tensor, top: int, left: int, height: int, width: int,
-              mode: str) -> torch.Tensor:
-    """Pure-torch ``deconv_ext::pad``: ``x`` (..., H, W) at (top, left) of (..., height, width)."""
-    x = x.to(spectral.compute_dtype(x.dtype))
-    rows = _index_map(height, top, x.shape[-2], mode, x.device)
-    cols = _index_map(width, left, x.shape[-1], mode, x.device)
-    out = x.index_select(-2, rows.clamp(min=0)).index_select(-1, cols.clamp(min=0))
-    if mode == "zeros":
-        out = out * ((rows >= 0)[:, None] & (cols >= 0)[None, :]).to(out.dtype)
-    return out
-
-
-def pad_adjoint_torch(g: torch.Tensor, top: int, left: int, height: int, width: int,
-                      mode: str) -> torch.Tensor:
-    """Pure-torch ``deconv_ext::pad_backward``: fold ``g`` back onto (..., height, width)."""
-    g = g.to(spectral.compute_dtype(g.dtype))
-    rows = _index_map(g.shape[-2], top, height, mode, g.device)
-    cols = _index_map(g.shape[-1], left, width, mode, g.device)
-    if mode == "zeros":
-        g = g * ((rows >= 0)[:, None] & (cols >= 0)[None, :]).to(g.dtype)
-    tmp = g.new_zeros(*g.shape[:-1], width).index_add_(g.dim() - 1, cols.clamp(min=0), g)
-    return tmp.new_zeros(*g.shape[:-2], height, width).index_add_(g.dim() - 2,
-                                                                  rows.clamp(min=0), tmp)
-
-
-def pad(x: torch.Tensor, top: int, left: int, height: int, width: int, mode: str) -> torch.Tensor:
-    """Extend ``x`` (..., H, W) into a (..., height, width) buffer at (top, left).
-
-    The compiled op (C++ on CPU, Triton on CUDA) where it exists for the
-    device, the pure-torch equivalent otherwise. Half types become float32.
-    """
-    if _ops_for(x.device):
-        return backend.kernels(x.device).pad(x, top, left, height, width, mode)
-    return pad_torch(x, top, left, height, width, mode)
-
-
-def pad_adjoint(g: torch.Tensor, top: int, left: int, height: int, width: int,
-                mode: str) -> torch.Tensor:
-    """Exact adjoint of :func:`pad`: (..., Nh, Nw) -> (..., height, width)."""
-    if _ops_for(g.device):
-        return torch.ops.deconv_ext.pad_backward(g, top, left, height, width, mode)
-    return pad_adjoint_torch(g, top, left, height, width, mode)
-
-
-def crop(x: torch.Tensor, top: int, left: int, height: int, width: int,
-         dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Window (top, left, height, width) of ``x``, cast to ``dtype`` (default: x's)."""
-    dtype = dtype or x.dtype
-    if _ops_for(x.device):
-        return backend.kernels(x.device).crop(x, top, left, height, width, dtype)
-    return x[..., top:top + height, left:left + width].to(dtype)
-
-
 # ---------------------------------------------------------------------------
 # Edge taper for the fast path
 # ---------------------------------------------------------------------------
@@ -250,10 +159,6 @@ def taper_border(buf: torch.Tensor, geo: PadGeometry, width: int) -> torch.Tenso
     return buf + (wr[:, None] * wc[None, :] - 1) * (buf - mean)
 
 
-# ---------------------------------------------------------------------------
-# Exact operators (no autograd needed: both directions are explicit)
-# ---------------------------------------------------------------------------
-
 def apply_model(x: torch.Tensor, spectrum: torch.Tensor, at: Tuple[int, int],
                 fft_size: Tuple[int, int], out_size: Tuple[int, int], mode: Optional[str],
                 adjoint: bool = False, in_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -278,109 +183,14 @@ def apply_model(x: torch.Tensor, spectrum: torch.Tensor, at: Tuple[int, int],
         if mode is None:
             buf = F.pad(x, (0, Nw - x.shape[-1], 0, Nh - x.shape[-2]))
         else:
-            buf = pad(x, T, L, Nh, Nw, mode)
+            buf = execution.pad(x, T, L, Nh, Nw, mode)
         out = torch.fft.irfft2(torch.fft.rfft2(buf) * spectrum, s=fft_size)
         return out[..., T:T + out_size[0], L:L + out_size[1]]
     buf = F.pad(x, (L, Nw - L - x.shape[-1], T, Nh - T - x.shape[-2]))
     g = torch.fft.irfft2(torch.fft.rfft2(buf) * spectrum.conj(), s=fft_size)
     if mode is None:
         return g[..., :in_size[0], :in_size[1]]
-    return pad_adjoint(g, T, L, in_size[0], in_size[1], mode)
-
-
-class ConvOperator:
-    """The image-convention blur ``A_b`` with boundary ``b`` (or "valid"), and ``A_b^T``.
-
-    Applied by FFT on a buffer of a fast size >= (H + kh - 1, W + kw - 1):
-    one ``rfft2`` / ``irfft2`` pair per application whatever the PSF size
-    (see :func:`apply_model`).
-
-    Parameters
-    ----------
-    psf : Tensor (..., kh, kw)
-        Image-convention PSF (origin ``(kh // 2, kw // 2)``), its leading dims
-        broadcasting to the images'.
-    out_size : (H, W)
-        Size of ``y = A x``.
-    boundary : {"reflect", "symmetric", "replicate", "zeros", "circular", "valid"}
-        ``"valid"``: ``x`` is (H + kh - 1, W + kw - 1), no extension.
-    dtype : float32 or float64
-
-    Attributes
-    ----------
-    in_size : (H_in, W_in), the size of ``x``.
-    sample_dims : (-2, -1): each image plane is one independent system.
-    """
-
-    def __init__(self, psf: torch.Tensor, out_size: Tuple[int, int], boundary: str,
-                 dtype: torch.dtype):
-        self.psf = psf.to(dtype)
-        self.boundary = boundary
-        self.out_size = tuple(out_size)
-        self.dtype = dtype
-        kh, kw = psf.shape[-2:]
-        top, _, left, _ = psf_pads(kh, kw)
-        H, W = self.out_size
-        self.at = (top, left)
-        if boundary == "valid":
-            self.in_size, self.mode = (H + kh - 1, W + kw - 1), None
-        else:
-            self.in_size, self.mode = (H, W), boundary
-        self.fft_size = (spectral.next_fast_size(H + kh - 1), spectral.next_fast_size(W + kw - 1))
-        self.spectrum = spectral.psf_spectrum(self.psf, self.fft_size)
-        self.sample_dims = (-2, -1)
-
-    def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        """``A x``: (..., H_in, W_in) -> (..., H, W)."""
-        return apply_model(x, self.spectrum, self.at, self.fft_size, self.out_size, self.mode)
-
-    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
-        """``A^T y``: (..., H, W) -> (..., H_in, W_in), the exact adjoint."""
-        return apply_model(y, self.spectrum, self.at, self.fft_size, self.out_size, self.mode,
-                           adjoint=True, in_size=self.in_size)
-
-
-class Conv2dLayerOperator:
-    """The layer-convention operator: stride-1 ``F.conv2d`` with ``groups`` and
-    ``dilation``, "same" padding by ``padding_mode`` or "valid", and its adjoint
-    (``F.conv_transpose2d`` then the fold-back of the padding). General
-    multi-channel weights; bias is not part of the linear operator.
-
-    Parameters
-    ----------
-    weight : Tensor (C_out, C_in / groups, kh, kw)
-    out_size : (H, W), spatial size of the output
-    padding : {"same", "valid"}
-    padding_mode : {"zeros", "reflect", "replicate", "circular"}
-    """
-
-    def __init__(self, weight: torch.Tensor, out_size: Tuple[int, int], groups: int,
-                 dilation: Tuple[int, int], padding: str, padding_mode: str, dtype: torch.dtype):
-        self.weight = weight.to(dtype)
-        self.groups, self.dilation = groups, dilation
-        self.out_size = tuple(out_size)
-        self.dtype = dtype
-        Dh = dilation[0] * (weight.shape[-2] - 1) + 1
-        Dw = dilation[1] * (weight.shape[-1] - 1) + 1
-        H, W = self.out_size
-        self.valid = padding == "valid"
-        self.mode = padding_mode
-        # "same" splits the total D - 1 with the smaller half first (F.conv2d).
-        self.pad_at = ((Dh - 1) // 2, (Dw - 1) // 2)
-        self.ext = (H + Dh - 1, W + Dw - 1)
-        self.in_size = self.ext if self.valid else (H, W)
-        self.sample_dims = (-3, -2, -1)
-
-    def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.valid:
-            x = pad(x, *self.pad_at, *self.ext, self.mode)
-        return F.conv2d(x, self.weight, dilation=self.dilation, groups=self.groups)
-
-    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
-        g = F.conv_transpose2d(y, self.weight, dilation=self.dilation, groups=self.groups)
-        if self.valid:
-            return g
-        return pad_adjoint(g, *self.pad_at, *self.in_size, self.mode)
+    return execution.pad_adjoint(g, T, L, in_size[0], in_size[1], mode)
 
 
 # ---------------------------------------------------------------------------
@@ -404,29 +214,12 @@ def padded_solve(plan, image: torch.Tensor) -> torch.Tensor:
     geo = plan.geometry
     Nh, Nw = geo.fft_size
     mode = FAST_PAD_MODE[plan.boundary]
-    if backend.selected() == "torch":
-        from . import reference
-
-        buf = pad_torch(image, geo.top, geo.left, Nh, Nw, mode).to(plan.dtype)
-        if plan.taper:
-            buf = taper_border(buf, geo, plan.taper)
-        x = reference.deconvolve(buf, plan.psf, eps=plan.eps, method=plan.method, reg=plan.reg,
-                                 rcond=plan.rcond)
-        return x[..., geo.top:geo.top + geo.height, geo.left:geo.left + geo.width].to(image.dtype)
-    if not plan.taper and plan._cpu_fft(image, plan.spectrum, plan._reg_op) == "torch":
-        # Eager CPU without autograd: pad, solve and crop in one C++ call with
-        # one buffer (the separate ops took 1.7x the circular solve at 512^2,
-        # a third of it in the pad and crop passes and their allocations).
-        from ._C import padded_deconv2d
-
-        return padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
-                               plan._reg_op, plan._eps_op, plan.thresh)
-    ops = backend.kernels(image.device)
-    buf = ops.pad(image, geo.top, geo.left, Nh, Nw, mode)
-    if plan.taper:
-        buf = taper_border(buf, geo, plan.taper)
-    x = ops.deconv2d(buf, plan.spectrum, plan._reg_op, plan._eps_op, plan.thresh, False)
-    return ops.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype)
+    if not plan.taper:
+        return execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
+                                         plan._reg_op, plan._eps_op, plan.thresh)
+    buf = taper_border(execution.pad(image, geo.top, geo.left, Nh, Nw, mode), geo, plan.taper)
+    x = execution.deconv2d(buf, plan.spectrum, plan._reg_op, plan._eps_op, plan.thresh)
+    return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype)
 
 
 def plan_apply(plan, x: torch.Tensor, adjoint: bool = False) -> torch.Tensor:

@@ -1,0 +1,53 @@
+"""Loading the compiled extension ``deconv_ext._C``: the one place that imports it.
+
+Importing the extension registers the op schemas and their CPU kernels
+(``csrc/ops.cpp``) as ``torch.ops.deconv_ext.*``. Without a build the ops do
+not exist; :func:`require` then says how to build.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import config
+
+__all__ = ["available", "require", "load_error", "ops", "cpp", "mkl_dfti_enabled", "BUILD_HINT"]
+
+BUILD_HINT = (
+    "the C++ extension deconv_ext._C is not built. Build it with "
+    "`pip install --no-build-isolation -e .` in the repository (or `make build`)"
+)
+
+_LOAD_ERROR: Optional[BaseException] = None
+try:
+    from .. import _C as cpp  # the pybind11 module: eager fast paths only
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    cpp = None
+    _LOAD_ERROR = exc
+else:
+    cpp.set_mkl_dfti(config.get().mkl_dfti)
+
+#: ``torch.ops.deconv_ext``: every op, through the dispatcher.
+ops = torch.ops.deconv_ext
+
+
+def available() -> bool:
+    """Whether the compiled ops exist."""
+    return _LOAD_ERROR is None
+
+
+def load_error() -> Optional[BaseException]:
+    """Why the extension did not load (None when it did)."""
+    return _LOAD_ERROR
+
+
+def require() -> None:
+    """Raise a RuntimeError that says how to build, if the ops do not exist."""
+    if _LOAD_ERROR is not None:
+        raise RuntimeError(f"{BUILD_HINT} (import error: {_LOAD_ERROR})")
+
+
+def mkl_dfti_enabled() -> bool:
+    """Whether the C++ pipelines call MKL's DFTI directly (else ``torch.fft``)."""
+    return cpp is not None and bool(cpp.mkl_dfti_enabled())

@@ -1,0 +1,248 @@
+"""The route table: which implementation runs each op, decided in one place.
+
+A call takes one of these routes, chosen by :func:`route` from the tensors
+and the configuration (:mod:`deconv_ext.config`):
+
+=================  ===========================================================
+route              when
+=================  ===========================================================
+``"ops"``          the dispatcher (``torch.ops.deconv_ext``): C++ kernels on
+                   CPU, Triton on CUDA; every call under ``torch.compile`` or
+                   that autograd records, and every non-CPU tensor
+``"interpreter"``  ``DECONV_EXT_KERNELS=triton`` on CPU tensors: the Triton
+                   launchers, run by the Triton interpreter (a test path)
+``"pipeline"``     eager CPU calls without autograd: the C++ function called
+                   directly (no dispatcher or autograd wrapper, ~30 us less)
+``"scipy"``,       eager CPU calls without autograd whose CPU FFT library is
+``"pyfftw"``       that one (``DECONV_EXT_CPU_FFT``; ``auto`` measures)
+=================  ===========================================================
+
+:data:`TABLE` maps each op to its implementation per route; an op without an
+entry for the FFT-library routes runs its ``"pipeline"`` entry there.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .. import config
+from ..maths import padding
+from ..maths.dct import dct2, idct2
+from . import cpu_fft, fft_choice
+from .cuda import interpreter_kernels
+from .library import cpp, ops
+
+__all__ = ["TABLE", "route", "deconv2d", "filter2d", "padded_deconv2d", "dct_solve", "pad",
+           "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix"]
+
+_FFT_ROUTES = ("pipeline", "scipy", "pyfftw")
+
+
+def _eager_cpu(tensors) -> bool:
+    """An eager CPU call that autograd does not record."""
+    if torch.compiler.is_compiling():
+        return False
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def route(x: torch.Tensor, *operands: Optional[torch.Tensor], fft: bool = True) -> str:
+    """The route of an op call on ``x`` with tensor ``operands`` (None entries ignored).
+
+    ``fft=False`` for ops without FFTs: their eager route is ``"pipeline"``.
+    """
+    tensors = [x] + [t for t in operands if isinstance(t, torch.Tensor)]
+    cfg = config.get()
+    if cfg.kernels == "triton" and x.device.type == "cpu":
+        return "interpreter"
+    if not _eager_cpu(tensors):
+        return "ops"
+    if not fft or cfg.cpu_fft == "pipeline":
+        return "pipeline"
+    if cfg.cpu_fft == "auto":
+        return fft_choice.choose(tuple(x.shape), x.dtype)
+    if cfg.cpu_fft == "pyfftw" and not cpu_fft.pyfftw_available():
+        raise ValueError("DECONV_EXT_CPU_FFT=pyfftw needs pyFFTW (GPL): install it with "
+                         "`pip install pyfftw`")
+    return cfg.cpu_fft
+
+
+def _shared_filter(image: torch.Tensor, filt: torch.Tensor) -> Optional[torch.Tensor]:
+    """The DCT filter as one (H, W) plane when every image plane shares it, else None."""
+    if filt.dtype != image.dtype or any(n != 1 for n in filt.shape[:-2]):
+        return None
+    return filt.reshape(filt.shape[-2:])
+
+
+def _dct_torch(image, filt):
+    # Differentiable and traceable; any filter shape that broadcasts.
+    return idct2(dct2(image) * filt)
+
+
+def _dct_ops(image, filt):
+    shared = _shared_filter(image, filt)
+    return _dct_torch(image, filt) if shared is None else ops.dct_solve(image, shared)
+
+
+def _dct_pipeline(image, filt):
+    return cpp.dct_solve(image, _shared_filter(image, filt).detach())
+
+
+def _scaled_dct_filter(filt: torch.Tensor):
+    """``F / (4 H W)`` as a NumPy array: pocketfft's unnormalised DCT-III(DCT-II(x)) = 4 H W x."""
+    H, W = filt.shape[-2:]
+    return filt.detach().numpy() * (1.0 / (4.0 * H * W))
+
+
+def _interp(name: str) -> Callable:
+    return lambda *args: getattr(interpreter_kernels(), name)(*args)
+
+
+def _pad_any(x, top, left, height, width, mode):
+    if _has_kernels(x.device):
+        return ops.pad(x, top, left, height, width, mode)
+    return padding.pad(x, top, left, height, width, mode)
+
+
+def _pad_adjoint_any(g, top, left, height, width, mode):
+    if _has_kernels(g.device):
+        return ops.pad_backward(g, top, left, height, width, mode)
+    return padding.pad_adjoint(g, top, left, height, width, mode)
+
+
+def _crop_any(x, top, left, height, width, dtype):
+    if _has_kernels(x.device):
+        return ops.crop(x, top, left, height, width, dtype)
+    return x[..., top:top + height, left:left + width].to(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_kernels(device: torch.device) -> bool:
+    """Whether the ops have a kernel for ``device`` (CPU always; CUDA with Triton)."""
+    if device.type == "cpu":
+        return True
+    key = "CUDA" if device.type == "cuda" else device.type.upper()
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("deconv_ext::pad", key)
+    except RuntimeError:  # pragma: no cover - unusual dispatch keys
+        return False
+
+
+#: op -> route -> implementation. Each implementation has the op's signature.
+TABLE: Dict[str, Dict[str, Callable]] = {
+    "deconv2d": {
+        "ops": lambda image, k, reg, eps, thresh: ops.deconv2d(image, k, reg, eps, thresh, False),
+        "interpreter": lambda image, k, reg, eps, thresh: interpreter_kernels().deconv2d(
+            image, k, reg, eps, thresh, False),
+        "pipeline": lambda image, k, reg, eps, thresh: cpp.deconv2d(image, k, reg, eps, thresh,
+                                                                    False),
+        "scipy": functools.partial(cpu_fft.deconv2d, "scipy"),
+        "pyfftw": functools.partial(cpu_fft.deconv2d, "pyfftw"),
+    },
+    "filter2d": {
+        "ops": ops.filter2d if cpp is not None else None,
+        "interpreter": _interp("filter2d"),
+        "pipeline": cpp.filter2d if cpp is not None else None,
+        "scipy": functools.partial(cpu_fft.filter2d, "scipy"),
+        "pyfftw": functools.partial(cpu_fft.filter2d, "pyfftw"),
+    },
+    # Pad, solve and crop in one call with one buffer (the separate ops took
+    # 1.7x the circular solve at 512^2, a third of it in pad and crop).
+    "padded_deconv2d": {
+        "ops": ops.padded_deconv2d if cpp is not None else None,
+        "interpreter": _interp("padded_deconv2d"),
+        "pipeline": cpp.padded_deconv2d if cpp is not None else None,
+    },
+    "dct_solve": {
+        "ops": _dct_ops,
+        "interpreter": _dct_torch,
+        "torch": _dct_torch,
+        "pipeline": _dct_pipeline,
+        "scipy": lambda image, filt: cpu_fft.dct_solve(image, _scaled_dct_filter(filt)),
+    },
+    "pad": {"ops": _pad_any, "interpreter": _interp("pad"), "pipeline": _pad_any},
+    "pad_adjoint": {"ops": _pad_adjoint_any, "interpreter": _pad_adjoint_any,
+                    "pipeline": _pad_adjoint_any},
+    "crop": {"ops": _crop_any, "interpreter": _interp("crop"), "pipeline": _crop_any},
+}
+
+
+def _run(name: str, how: str, *args):
+    impls = TABLE[name]
+    fn = impls.get(how) or impls["pipeline" if how in _FFT_ROUTES else "ops"]
+    return fn(*args)
+
+
+def deconv2d(image, k, reg, eps: float, thresh):
+    """``irfft2(solve(rfft2(image)))``: (..., H, W) real -> (..., H, W) (op ``deconv2d``)."""
+    return _run("deconv2d", route(image, k, reg, thresh), image, k, reg, eps, thresh)
+
+
+def filter2d(x, k, conj: bool):
+    """``irfft2(K rfft2(x))`` (or ``conj(K)``): (..., H, W) -> (..., H, W) (op ``filter2d``)."""
+    return _run("filter2d", route(x, k), x, k, conj)
+
+
+def padded_deconv2d(image, top: int, left: int, height: int, width: int, mode: str, k, reg,
+                    eps: float, thresh):
+    """``crop(deconv2d(pad(image)))`` into a (height, width) buffer at (top, left) and back."""
+    how = route(image, k, reg, thresh, fft=False)
+    return _run("padded_deconv2d", how, image, top, left, height, width, mode, k, reg, eps,
+                thresh)
+
+
+def dct_solve(image, filt):
+    """``idctn(F dctn(image, norm="ortho"), norm="ortho")`` over the last two dims.
+
+    ``filt`` (..., H, W) real, broadcasting to ``image``; the C++ solve for a
+    filter shared by every plane, pocketfft's DCTs or the torch transforms
+    otherwise (differentiable, any device).
+    """
+    how = route(image, filt, fft=False)
+    if how == "pipeline":
+        # No measuring here: the C++ solve is the default wherever it applies
+        # (it takes one plane's filter); pocketfft when asked for, or for
+        # per-sample filters under "auto"; else the torch transforms.
+        lib = config.get().cpu_fft
+        shared = _shared_filter(image, filt) is not None
+        if lib in ("scipy", "pyfftw") or (lib == "auto" and not shared):
+            how = "scipy"
+        elif not shared:
+            how = "torch"
+    return _run("dct_solve", how, image, filt)
+
+
+def pad(x, top: int, left: int, height: int, width: int, mode: str):
+    """Extend ``x`` (..., H, W) by ``mode`` into a (..., height, width) buffer at (top, left).
+
+    Half types become float32.
+    """
+    return _run("pad", route(x, fft=False), x, top, left, height, width, mode)
+
+
+def pad_adjoint(g, top: int, left: int, height: int, width: int, mode: str):
+    """Exact adjoint of :func:`pad`: (..., Nh, Nw) -> (..., height, width)."""
+    return _run("pad_adjoint", route(g, fft=False), g, top, left, height, width, mode)
+
+
+def crop(x, top: int, left: int, height: int, width: int, dtype=None):
+    """Window (top, left, height, width) of ``x``, cast to ``dtype`` (default: x's)."""
+    return _run("crop", route(x, fft=False), x, top, left, height, width, dtype or x.dtype)
+
+
+def kernel_spectrum(psf, height: int, width: int):
+    """Half-spectrum transfer function of a PSF at (height, width) (op ``kernel_spectrum``)."""
+    return ops.kernel_spectrum(psf, height, width)
+
+
+def spectral_power(K):
+    """``|K|^2`` of a complex tensor (op ``spectral_power``)."""
+    return ops.spectral_power(K)
+
+
+def channel_mix(Y, G, adjoint: bool):
+    """``G(w) Y(w)`` (or ``G(w)^H Y(w)``) per group and frequency (op ``channel_mix``)."""
+    return ops.channel_mix(Y, G, adjoint)

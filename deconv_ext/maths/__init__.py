@@ -1,0 +1,1 @@
+"""Shared maths, usable from every layer: pure torch, no compute back end."""

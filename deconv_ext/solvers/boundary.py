@@ -1,0 +1,81 @@
+"""``deconvolve`` for a non-circular boundary or a non-default solver."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..maths import spectral
+from ..plans import DeconvPlan, cache
+from .cg import DEFAULT_MAX_ITER, Problem, residual_info
+from .dct import dct_deconvolve
+from .operators import ConvOperator
+from .precond import auto_precond, make_precond
+
+__all__ = ["deconvolve_boundary"]
+
+
+def _reg_kernel(reg, dtype, device):
+    if reg is None:
+        return None
+    if isinstance(reg, str):
+        return torch.tensor(spectral.LAPLACIAN, dtype=dtype, device=device)
+    return reg.to(dtype=dtype, device=device)
+
+
+def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str, reg,
+                        boundary: str, rcond, solver: str, tol: float, max_iter: Optional[int],
+                        taper: Optional[int], precond: str, return_info: bool):
+    """``deconvolve`` for a non-circular boundary or a non-default solver (validated inputs).
+
+    * ``solver="fft"``: the padded fast path (``DeconvPlan(boundary=...)``);
+    * ``solver="dct"``: :func:`dct_deconvolve` (``boundary="symmetric"`` only);
+    * ``solver="cg"``: :func:`cgls` on ``A_b`` (:class:`~deconv_ext.solvers.operators.ConvOperator`),
+      preconditioned per ``precond``, warm-started from the padded fast
+      solve when ``eps > 0``.
+
+    Returns ``x`` or ``(x, SolveInfo)``.
+    """
+    dtype = spectral.compute_dtype(image.dtype)
+    size = tuple(image.shape[-2:])
+    psf_c = psf.to(dtype)
+    eps_eff = 0.0 if method == "pinv" else eps
+    need_op = solver == "cg" or return_info
+    op = ConvOperator(psf_c, size, boundary, dtype) if need_op else None
+    reg_k = _reg_kernel(reg, dtype, image.device)
+    reg_op = ConvOperator(reg_k, size, boundary, dtype) if need_op and reg_k is not None else None
+    info = None
+    if solver == "fft":
+        # Repeated calls with the same small PSF reuse the padded plan.
+        plan = cache.cached_plan(
+            psf, ("padded", size, dtype, eps, method, reg, rcond, boundary, taper),
+            lambda: DeconvPlan(psf_c, size, eps=eps, method=method, reg=reg, rcond=rcond,
+                               dtype=dtype, boundary=boundary, taper=taper))
+        x = plan(image)
+    elif solver == "dct":
+        x = dct_deconvolve(image.to(dtype), psf_c, eps=eps_eff, method=method, reg=reg,
+                           rcond=rcond)
+    else:
+        pname = auto_precond(boundary, psf_c) if precond == "auto" else (None if precond == "none" else precond)
+        # eps = 0 asks for the minimum-norm least-squares solution: only plain
+        # CGLS from 0 converges to it (see cgls), so no preconditioner then.
+        if eps_eff == 0:
+            pname = None
+        pc = make_precond(pname, psf_c, size, eps_eff, reg, dtype)
+        x0_fn = None
+        if eps_eff > 0 and boundary != "circular":
+            # The padded fast solve is close to the answer away from the edges:
+            # starting there saves iterations (the solution is unique for eps > 0).
+            warm = DeconvPlan(psf_c, size, eps=eps_eff, method="tikhonov", reg=reg, rcond=rcond,
+                              dtype=dtype, boundary=boundary)
+            x0_fn = warm
+        problem = Problem(op, eps_eff, reg_op, pc, tol,
+                           DEFAULT_MAX_ITER if max_iter is None else max_iter, x0_fn)
+        x, info = problem.run(image.to(dtype))
+    x = x.to(image.dtype)
+    if not return_info:
+        return x
+    if info is None:
+        with torch.no_grad():
+            info = residual_info(op, image.to(dtype), x.to(dtype), eps_eff, reg_op, solver)
+    return x, info

@@ -1,0 +1,41 @@
+"""What an exact solve did: :class:`SolveInfo`, returned with ``return_info=True``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+__all__ = ["SolveInfo"]
+
+
+@dataclass
+class SolveInfo:
+    """What an exact solve did (returned with ``return_info=True``).
+
+    Attributes
+    ----------
+    iterations : Tensor (...,) int64
+        Iterations per independent system (per image plane, or per sample of a
+        multi-channel layer); 0 for direct solves.
+    residual : Tensor (...,) float
+        Relative residual of the normal equations reached,
+        ``||A^T (y - A x) - eps R^T R x|| / ||A^T y||`` (0 where ``A^T y = 0``).
+    converged : Tensor (...,) bool
+        ``residual <= tol``.
+    solver : str
+        ``"cg"``, ``"dct"`` or ``"fft"``.
+    precond : str or None
+        Preconditioner used by CG (``"dct"``, ``"fft"`` or None).
+    """
+
+    iterations: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+    solver: str
+    precond: Optional[str] = None
+
+    @property
+    def max_iterations(self) -> int:
+        """The largest iteration count over the batch (what the call cost)."""
+        return int(self.iterations.max()) if self.iterations.numel() else 0

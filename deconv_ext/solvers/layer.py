@@ -1,0 +1,81 @@
+"""``conv2d_pinv`` for "valid", a non-circular ``padding_mode`` or ``solver="cg"``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import validation as V
+from ..maths import spectral
+from ..plans import DeconvPlan
+from .cg import DEFAULT_MAX_ITER, Problem, residual_info
+from .operators import Conv2dLayerOperator, ConvOperator
+from .precond import PRECONDS, auto_precond, make_precond
+
+__all__ = ["conv2d_exact"]
+
+
+def conv2d_exact(output: torch.Tensor, layer: V.Layer, padding: str, padding_mode: str,
+                 eps: float, rcond, solver: str, tol: float, max_iter: Optional[int],
+                 precond: str, return_info: bool):
+    """``conv2d_pinv`` for "valid", non-circular ``padding_mode`` or ``solver="cg"``.
+
+    Forward model (stride 1, ``F.conv2d`` semantics)::
+
+        padding="same":  output = F.conv2d(pad_m(input), weight, bias, dilation=d, groups=g)
+        padding="valid": output = F.conv2d(input, weight, bias, dilation=d, groups=g)
+
+    with ``pad_m`` the "same" padding (total ``d (k - 1)``, smaller half
+    first) by ``padding_mode`` m; "valid" inputs are ``d (k - 1)`` larger than
+    the output. ``solver="cg"`` (default here) solves
+    ``min ||A x - (output - bias)||^2 + eps ||x||^2`` exactly (``eps = 0``:
+    minimum-norm least squares by plain CGLS): depthwise layers by FFT
+    (:class:`~deconv_ext.solvers.operators.ConvOperator`, per-channel systems),
+    other layers with ``F.conv2d`` / ``F.conv_transpose2d``
+    (:class:`~deconv_ext.solvers.operators.Conv2dLayerOperator`, one system per
+    sample). ``solver="fft"``: the padded fast approximation, depthwise
+    "same" layers only.
+    """
+    weight, bias, groups, dil = layer.weight, layer.bias, layer.groups, layer.dilation
+    H, W = output.shape[-2:]
+    dtype = spectral.compute_dtype(output.dtype)
+    batched = output.dim() == 4
+    y = (output if batched else output.unsqueeze(0)).to(dtype)
+    if bias is not None:
+        y = y - bias.to(dtype)[:, None, None]
+    depthwise = layer.depthwise
+    psf = spectral.conv2d_kernel_as_psf(weight[:, 0].to(dtype), dil) if depthwise else None
+    boundary = "valid" if padding == "valid" else padding_mode
+    if solver == "fft":
+        if not depthwise or padding == "valid":
+            raise ValueError("solver='fft' for conv2d_pinv with a non-circular padding_mode is the "
+                             "padded fast path of depthwise 'same' layers only; use solver='cg'")
+        plan = DeconvPlan(psf, (H, W), eps=eps, method="tikhonov", rcond=rcond, dtype=dtype,
+                          boundary=padding_mode)
+        x = plan(y)
+        info = residual_info(ConvOperator(psf, (H, W), boundary, dtype), y, x, eps, None,
+                              "fft") if return_info else None
+    else:
+        if depthwise:
+            op = ConvOperator(psf, (H, W), boundary, dtype)
+            pname = (auto_precond(boundary, psf) if precond == "auto"
+                     else (None if precond == "none" else precond))
+        else:
+            op = Conv2dLayerOperator(weight, (H, W), groups, dil, padding, padding_mode, dtype)
+            if precond not in ("auto", "none"):
+                raise ValueError(f"precond={precond!r} needs a depthwise layer (the transform "
+                                 f"preconditioners are per channel); use 'auto' or 'none'")
+            pname = None
+        if eps == 0:
+            pname = None  # minimum norm: plain CGLS from 0 (see cgls)
+        pc = make_precond(pname, psf, op.in_size, eps, None, dtype)
+        problem = Problem(op, eps, None, pc, tol,
+                           DEFAULT_MAX_ITER if max_iter is None else max_iter)
+        x, info = problem.run(y)
+    if not batched:
+        x = x.squeeze(0)
+        if info is not None:
+            info.iterations, info.residual, info.converged = (
+                t.squeeze(0) for t in (info.iterations, info.residual, info.converged))
+    x = x.to(output.dtype)
+    return (x, info) if return_info else x
