@@ -1,6 +1,6 @@
 """CPU benchmark of the foundation (issue 2): ratios to torch's FFT round trip.
 
-For the five shapes of DESIGN.md section 6 (float32, 5x5 Gaussian PSF,
+For the five benchmark shapes of the README (float32, 5x5 Gaussian PSF,
 eps=1e-2), times side by side in one process:
 
 * ``round trip``: bare ``irfft2(rfft2(x))`` of the same tensor (= 1.00);

@@ -75,7 +75,7 @@ def reset_peak():
         return False
 
 g = torch.Generator().manual_seed(0)
-psf = dx.gaussian(1.0, 5)  # the 5x5 Gaussian of DESIGN.md section 6
+psf = dx.gaussian(1.0, 5)  # the 5x5 Gaussian of the benchmark shapes
 psf = psf.to(dtype)
 y = torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype)
 plan = dx.DeconvPlan(psf, shape[-2:], eps=1e-2)
@@ -142,7 +142,7 @@ def main(argv=None):
               f"{r['input_mib']:.1f} | {r['extra_mib']:.1f} | {r['extra_x_input']:.2f} | "
               f"{r['solve_s']:.2f} |")
     worst = max(r["extra_x_input"] for r in rows if r["shape"] != list(BIG))
-    print(f"\nworst extra/input over the DESIGN.md section 6 shapes: {worst:.2f}x "
+    print(f"\nworst extra/input over the benchmark shapes: {worst:.2f}x "
           f"(target <= 2x: {'met' if worst <= 2 else 'NOT met'})")
 
 

@@ -1,4 +1,4 @@
-"""deconv_ext against its peers on the shapes of DESIGN.md section 6.
+"""deconv_ext against its peers on the five benchmark shapes (README, "Benchmarks").
 
 Every method deconvolves the same float32 batch blurred by a 5x5 Gaussian
 PSF (Tikhonov, eps=1e-2; skimage's wiener uses its Laplacian regulariser).

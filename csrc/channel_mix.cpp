@@ -150,7 +150,7 @@ at::Tensor channel_mix(const at::Tensor& y, const at::Tensor& g, bool adjoint) {
   if (out.numel() == 0) return out;
   if (y.numel() == 0) return out.zero_();
   // Raw reads ignore the lazy conjugate bit and strides: materialise both
-  // (DESIGN.md section 5). No copy when already plain and contiguous.
+  // (a lazy conj bit is not seen by raw reads). No copy when already plain and contiguous.
   const at::Tensor yv = y.resolve_conj().contiguous();
   const at::Tensor gv = g.resolve_conj().contiguous();
   const int64_t B = batch_of(yv);

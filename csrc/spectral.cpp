@@ -37,7 +37,7 @@ void check_broadcasts(const at::Tensor& t, const at::Tensor& y, const char* name
   }
 }
 
-// The per-element rule of DESIGN.md section 1. p = eps * reg is the
+// The per-element rule of docs/architecture.md ("The maths"). p = eps * reg is the
 // regulariser weight at this frequency; where it is zero the answer is the
 // pseudo-inverse with threshold `thr2` on |K|^2, elsewhere Tikhonov.
 template <typename T>
@@ -205,7 +205,7 @@ void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
   }
   if (y.numel() == 0) return;
   // Raw reads ignore the lazy conjugate and negative bits: materialise them
-  // (DESIGN.md section 5).
+  // (raw reads ignore a lazy conj bit).
   const at::Tensor yv = y.resolve_conj().resolve_neg();
   const at::Tensor kv = k.resolve_conj().resolve_neg();
   const at::Tensor tv = thresh.resolve_neg();

@@ -163,7 +163,7 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         psf, (size, dtype, eps, method, reg, rcond),
         lambda: DeconvPlan(psf.to(dtype), size, eps=eps, method=method, reg=reg, rcond=rcond,
                            dtype=dtype))
-    return plan(image)
+    return plan._solve(image)  # the arguments are checked above
 
 
 def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular", *,

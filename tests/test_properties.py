@@ -148,7 +148,7 @@ def kappa(A, P) -> float:
 def solve_kappa(a) -> float:
     """``sigma_max * max gain`` of the (circular, or padded fast path) solve,
     from the kernel's spectrum at the plan's FFT size: O(H W), unlike the
-    dense ``kappa``. Same rule as DESIGN.md section 1, computed here."""
+    dense ``kappa``. Same rule as docs/architecture.md ("The maths"), computed here."""
     plan = make_plan(a)
     size = tuple(plan.fft_size)
     K = reference.psf_transfer(a["psf"], size).abs()

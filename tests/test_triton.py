@@ -42,7 +42,7 @@ REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 # ---------------------------------------------------------------------------
-# Oracles: plain torch / numpy, written from DESIGN.md section 1, not from the kernels
+# Oracles: plain torch / numpy, written from docs/architecture.md ("The maths"), not from the kernels
 # ---------------------------------------------------------------------------
 
 

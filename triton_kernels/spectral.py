@@ -325,7 +325,7 @@ def _run_solve(out: torch.Tensor, y: torch.Tensor, k: torch.Tensor, reg: Optiona
     _check_device(y, k=k, reg=reg, thresh=thresh)
     if y.numel() == 0:
         return
-    # Raw reads ignore a lazy conjugate bit (DESIGN.md section 5). y is
+    # Raw reads ignore a lazy conjugate bit (they would read a lazily conjugated tensor as not conjugated). y is
     # materialised (it is output-sized anyway); the broadcast k is read raw
     # through k.conj() (a view of the same memory, without the bit) and
     # conjugated in registers: a shared spectrum is never expanded.

@@ -33,6 +33,7 @@ _CHOICES = ("pipeline", "scipy")
 
 _lock = threading.Lock()
 _choices: Dict[str, str] = {}
+_known: Dict[tuple, str] = {}  # (cache path, shape, dtype, threads) -> choice, this process
 _loaded_from = None
 
 
@@ -106,11 +107,17 @@ def _measure(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
 
 def choose(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
     """The measured FFT library ("pipeline" or "scipy") for a CPU solve of ``shape``."""
-    key = f"{_machine_key()}|{tuple(shape)}|{dtype}"
     path = cache_path()
+    # The hot path of every eager call: one dict lookup, no lock, no formatting.
+    fast = (path, tuple(shape), dtype, torch.get_num_threads())
+    hit = _known.get(fast)
+    if hit is not None:
+        return hit
+    key = f"{_machine_key()}|{tuple(shape)}|{dtype}"
     with _lock:
         _load(path)
         if key not in _choices:
             _choices[key] = _measure(tuple(shape), dtype)
             _save(path)
+        _known[fast] = _choices[key]
         return _choices[key]

@@ -44,9 +44,11 @@ def _eager_cpu(tensors) -> bool:
     """An eager CPU call that autograd does not record."""
     if torch.compiler.is_compiling():
         return False
-    if any(t.device.type != "cpu" for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t.device.type != "cpu" or (grad and t.requires_grad):
+            return False
+    return True
 
 
 def route(x: torch.Tensor, *operands: Optional[torch.Tensor], fft: bool = True) -> str:
@@ -54,7 +56,7 @@ def route(x: torch.Tensor, *operands: Optional[torch.Tensor], fft: bool = True) 
 
     ``fft=False`` for ops without FFTs: their eager route is ``"pipeline"``.
     """
-    tensors = [x] + [t for t in operands if isinstance(t, torch.Tensor)]
+    tensors = [x] + [t for t in operands if t is not None]
     cfg = config.get()
     if cfg.kernels == "triton" and x.device.type == "cpu":
         return "interpreter"

@@ -195,6 +195,10 @@ class DeconvPlan(Plan):
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Solve for ``x`` given the blurred ``image`` (..., H, W); same shape and dtype."""
         self._check(image, "image")
+        return self._solve(image)
+
+    def _solve(self, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__` without the argument checks (the caller made them)."""
         if image.numel() == 0:
             return torch.empty_like(image)
         if self.boundary != "circular":

@@ -1,6 +1,6 @@
 """Non-circular boundaries: forward models, their exact adjoints, the padded fast path.
 
-Boundary names follow ``torch.nn.functional.pad`` (DESIGN.md section 1):
+Boundary names follow ``torch.nn.functional.pad`` (see docs/architecture.md, "The maths"):
 
 =============  ==========================  ==================  ===============
 boundary       extension of ``abcd``       numpy ``np.pad``    scipy.ndimage
