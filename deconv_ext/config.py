@@ -10,13 +10,14 @@ variable                           default      values
                                                 kernels, run by the Triton interpreter on CPU
                                                 tensors where no CUDA device exists (a test
                                                 path, very slow)
-``DECONV_EXT_CPU_FFT``             ``auto``     the FFT library of eager CPU calls without
-                                                autograd: ``auto`` (the faster of ``pipeline``
-                                                and ``scipy``, measured once per shape and
-                                                cached), ``pipeline`` (the C++ pipeline: MKL's
+``DECONV_EXT_CPU_FFT``             ``pipeline`` the FFT library of eager CPU calls without
+                                                autograd: ``pipeline`` (the C++ pipeline: MKL's
                                                 DFTI called directly, else ``torch.fft``),
                                                 ``scipy`` (``scipy.fft``), ``pyfftw`` (FFTW;
-                                                GPL, only if installed)
+                                                GPL, only if installed), ``auto`` (opt-in, as
+                                                ``torch.backends.cudnn.benchmark``: the faster
+                                                of ``pipeline`` and ``scipy``, measured on the
+                                                first call of each shape and cached)
 ``DECONV_EXT_MKL``                 ``1``        ``0``: the C++ pipeline calls ``torch.fft``
                                                 instead of MKL's DFTI (to compare the two)
 ``DECONV_EXT_MAX_FILTER_BYTES``    1 GiB        largest stored per-frequency filter of a
@@ -59,7 +60,7 @@ class Config:
     Attributes
     ----------
     kernels : {"auto", "triton"}
-    cpu_fft : {"auto", "pipeline", "scipy", "pyfftw"}
+    cpu_fft : {"pipeline", "scipy", "pyfftw", "auto"}
     mkl_dfti : bool
     max_filter_bytes : int >= 0
     cache_dir : str
@@ -67,7 +68,7 @@ class Config:
     """
 
     kernels: str = "auto"
-    cpu_fft: str = "auto"
+    cpu_fft: str = "pipeline"
     mkl_dfti: bool = True
     max_filter_bytes: int = DEFAULT_MAX_FILTER_BYTES
     cache_dir: str = ""
@@ -120,8 +121,9 @@ def from_environment(env: Optional[Mapping[str, str]] = None) -> Config:
     return Config(
         kernels=_read(env, ("DECONV_EXT_KERNELS", "DECONV_EXT_BACKEND"), _LEGACY_KERNELS, KERNELS,
                       "auto"),
+        # A fixed default: results never depend on a timing made under load.
         cpu_fft=_read(env, ("DECONV_EXT_CPU_FFT", "DECONV_EXT_FFT"), _LEGACY_CPU_FFT, CPU_FFTS,
-                      "auto"),
+                      "pipeline"),
         mkl_dfti=env.get("DECONV_EXT_MKL", "").strip() != "0",
         max_filter_bytes=max_bytes,
         cache_dir=os.path.join(cache_root, "deconv_ext"),

@@ -1,4 +1,4 @@
-"""``DECONV_EXT_CPU_FFT=auto``: the faster CPU FFT library per shape, measured once.
+"""``DECONV_EXT_CPU_FFT=auto`` (opt-in): the faster CPU FFT library per shape, measured once.
 
 On CPU the FFTs are nearly all of a deconvolution's time. The C++ pipeline
 (MKL's DFTI called directly, else ``torch.fft``) and ``scipy.fft`` are timed

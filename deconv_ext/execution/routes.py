@@ -33,6 +33,7 @@ from ..maths.dct import dct2, idct2
 from . import cpu_fft, fft_choice
 from .cuda import interpreter_kernels
 from .library import cpp, ops
+from .threads import call_single_threaded
 
 __all__ = ["TABLE", "route", "deconv2d", "filter2d", "padded_deconv2d", "dct_solve", "pad",
            "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix"]
@@ -172,9 +173,17 @@ TABLE: Dict[str, Dict[str, Callable]] = {
 }
 
 
+#: Below this many elements an eager C++ call runs on the calling thread alone:
+#: with 2 cores and another busy process, a 2-thread OpenMP FFT of a 32^2 plane
+#: stalls at its barrier (~3x slower per call, measured); at 128^2 two threads win.
+SMALL_WORK = 1 << 13
+
+
 def _run(name: str, how: str, *args):
     impls = TABLE[name]
     fn = impls.get(how) or impls["pipeline" if how in _FFT_ROUTES else "ops"]
+    if how == "pipeline" and args[0].numel() < SMALL_WORK:
+        return call_single_threaded(fn, *args)
     return fn(*args)
 
 

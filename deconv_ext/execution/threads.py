@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["batched_linalg", "single_threaded"]
+__all__ = ["batched_linalg", "single_threaded", "call_single_threaded"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,8 +59,7 @@ def single_threaded():
     """Run the body with one intra-op thread in the calling thread only.
 
     Nothing process-wide changes: other threads, threads started meanwhile and
-    ``torch.set_num_threads`` calls made elsewhere are unaffected. Used only in
-    worker threads that :func:`batched_linalg` owns.
+    ``torch.set_num_threads`` calls made elsewhere are unaffected.
     """
     setter = _omp_set_num_threads()
     if setter is None:
@@ -72,6 +71,20 @@ def single_threaded():
     setter(1)
     try:
         yield
+    finally:
+        setter(prev)
+
+
+def call_single_threaded(fn, *args):
+    """``fn(*args)`` with one intra-op thread in the calling thread only (as
+    :func:`single_threaded`, without a context manager's cost on a hot path)."""
+    setter = _omp_set_num_threads()
+    prev = torch.get_num_threads()
+    if setter is None or prev == 1:
+        return fn(*args)
+    setter(1)
+    try:
+        return fn(*args)
     finally:
         setter(prev)
 
