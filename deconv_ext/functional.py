@@ -305,6 +305,8 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if precond not in ("auto", "none") and not layer.depthwise:
         raise ValueError(f"precond={precond!r} needs a depthwise layer (the transform "
                          f"preconditioners are per channel); use 'auto' or 'none'")
+    if output.numel() == 0 and not return_info:
+        return output.new_empty((*output.shape[:-3], layer.c_in, *size))
     if not circular or solver == "cg" or return_info:
         # Non-circular / "valid" layers and the CG solver (deconv_ext.solvers.layer).
         return conv2d_exact(output, layer, padding, padding_mode, eps, rcond,

@@ -40,13 +40,21 @@ def image(x, name: str = "image") -> torch.Tensor:
     return x
 
 
+#: Largest image side a plan accepts: a spectrum that size would not fit any machine.
+MAX_SIDE = 1 << 24
+
+
 def size2(name: str, value) -> Tuple[int, int]:
-    """An (H, W) pair of positive ints."""
+    """An (H, W) pair of positive ints, each at most :data:`MAX_SIDE`."""
     if isinstance(value, torch.Size):
         value = tuple(value)
     if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, numbers.Integral) and v > 0 for v in value)):
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                       for v in value)):
         raise ValueError(f"{name}={value!r} is not valid; expected a pair of positive ints (H, W)")
+    if max(value) > MAX_SIDE:
+        raise ValueError(f"{name}={tuple(value)!r} is not valid; expected each side <= "
+                         f"{MAX_SIDE}")
     return int(value[0]), int(value[1])
 
 
@@ -69,7 +77,8 @@ def kernel(k, img_shape: Sequence[int], name: str = "psf") -> torch.Tensor:
         raise ValueError(f"{name} has shape {tuple(k.shape)}; expected at least 2 dims (..., kh, kw)")
     kh, kw = k.shape[-2:]
     H, W = img_shape[-2:]
-    if kh > H or kw > W:
+    # An empty image (H or W = 0) has nothing to solve: empty in, empty out.
+    if H > 0 and W > 0 and (kh > H or kw > W):
         raise ValueError(f"{name} of size {kh}x{kw} is larger than the image ({H}x{W}); "
                          f"expected kh <= H and kw <= W")
     if kh < 1 or kw < 1:
@@ -142,11 +151,13 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def taper(value) -> Optional[int]:
-    """None, or an int >= 0 (a width in pixels)."""
+    """None, or an int in [0, MAX_SIDE] (a width in pixels)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"taper={value!r} is not valid; expected None or an int >= 0 (pixels)")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0
+            or value > MAX_SIDE):
+        raise ValueError(f"taper={value!r} is not valid; expected None or an int in "
+                         f"[0, {MAX_SIDE}] (pixels)")
     return int(value)
 
 
@@ -256,7 +267,7 @@ def conv_layer(weight, groups_, dilation, bias, size: Optional[Tuple[int, int]] 
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected every dim >= 1")
     g = groups(groups_, c_out)
     dil = pair("dilation", dilation)
-    if size is not None:
+    if size is not None and min(size) > 0:  # an empty image fits any kernel
         Dh, Dw = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
         if Dh > size[0] or Dw > size[1]:
             raise ValueError(f"input_size {tuple(size)} is smaller than the dilated kernel "

@@ -9,13 +9,21 @@ results stay bit-identical from run to run on one machine and thread count.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
+import stat
 import statistics
 import threading
 import time
+import warnings
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, last writer wins
+    fcntl = None
 from typing import Dict, Tuple
 
 import torch
@@ -31,7 +39,11 @@ __all__ = ["choose", "cache_path"]
 _PIPELINE_VERSION = 5
 _CHOICES = ("pipeline", "scipy")
 
+_MAX_ENTRIES = 256          # shapes kept in the file, newest first out
+_MAX_FILE_BYTES = 1 << 20   # a larger file is not ours: ignored
+
 _lock = threading.Lock()
+_warned = False
 _choices: Dict[str, str] = {}
 _known: Dict[tuple, str] = {}  # (cache path, shape, dtype, threads) -> choice, this process
 _loaded_from = None
@@ -58,29 +70,72 @@ def _machine_key() -> str:
             f"{torch.get_num_threads()} threads")
 
 
+def _warn_once(message: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"deconv_ext: {message}; FFT choices are kept in memory only",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _read(path: str) -> Dict[str, str]:
+    """The choices stored at ``path`` ({} if there is no usable file: never blocks)."""
+    try:
+        # A FIFO, a device or a directory at the cache path is not a cache file:
+        # opening a FIFO would block, /dev/zero would never end.
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            _warn_once(f"the FFT-choice cache {path} is not a regular file")
+            return {}
+        if st.st_size > _MAX_FILE_BYTES:
+            _warn_once(f"the FFT-choice cache {path} is larger than {_MAX_FILE_BYTES} bytes")
+            return {}
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _warn_once(f"the FFT-choice cache {path} could not be read ({exc})")
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and v in _CHOICES}
+
+
 def _load(path: str) -> None:
     global _loaded_from
     if _loaded_from == path:
         return
     _loaded_from = path
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict):
-            _choices.update({k: v for k, v in data.items() if v in _CHOICES})
-    except (OSError, ValueError):
-        pass  # no cache yet, or an unreadable one: measure again
+    _choices.update(_read(path))
 
 
-def _save(path: str) -> None:
+def _save(path: str, key: str) -> None:
+    """Add ``key`` to the file: read, merge, write atomically, under an exclusive lock,
+    so that processes measuring at once keep each other's entries."""
+    folder = os.path.dirname(path)
+    tmp = None
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(_choices, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)  # atomic: concurrent writers never leave half a file
-    except OSError:
-        pass  # a read-only home: the choice still holds for this process
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "fft_choice.lock"), "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = _read(path)
+            merged[key] = _choices[key]
+            # Bounded: the newest entries win (dicts keep insertion order).
+            merged = dict(list(merged.items())[-_MAX_ENTRIES:])
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(merged, f, indent=0)
+            os.replace(tmp, path)  # atomic: readers never see half a file
+            tmp = None
+            _choices.update(merged)
+    except OSError as exc:  # a read-only home, a directory at the path, ...
+        _warn_once(f"the FFT-choice cache {path} could not be written ({exc})")
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def _measure(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
@@ -118,6 +173,16 @@ def choose(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
         _load(path)
         if key not in _choices:
             _choices[key] = _measure(tuple(shape), dtype)
-            _save(path)
+            _save(path, key)
         _known[fast] = _choices[key]
         return _choices[key]
+
+
+def _after_fork_in_child() -> None:
+    # A fork taken while another thread held the lock (measuring a shape)
+    # would leave the child's copy locked forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -115,6 +115,8 @@ def next_fast_size(n: int) -> int:
     """
     if n <= 1:
         return 1
+    if n > 1 << 40:  # the loop below would run for minutes; no FFT of that size exists
+        raise ValueError(f"FFT size {n} is not valid; expected at most 2**40")
     m = int(n) + (int(n) % 2)
     while True:
         r = m

@@ -1,0 +1,144 @@
+"""Reliability of the library's own state and inputs at the edges (issue 18's reproductions).
+
+Hangs and crashes run in a subprocess with a timeout, so that a hang is a
+failure, not a stuck suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import deconv_ext as dx
+from deconv_ext import reference
+from oracles import rel_err
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code: str, env=None, timeout=60):
+    env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+MEASURE = """
+import torch, deconv_ext as dx
+x = torch.rand(3, 24, 20, generator=torch.Generator().manual_seed(0))
+y = dx.deconvolve(x, torch.rand(3, 3))
+assert torch.isfinite(y).all()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "directory", "corrupt"])
+def test_a_strange_cache_file_neither_blocks_nor_fails(tmp_path, kind):
+    cache = tmp_path / "deconv_ext"
+    cache.mkdir()
+    path = cache / "fft_choice.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("{not json")
+    proc = _run(MEASURE, env={"XDG_CACHE_HOME": str(tmp_path), "DECONV_EXT_CPU_FFT": "auto"},
+                timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stderr.count("FFT choices are kept in memory only") <= 1
+    assert not list(cache.glob("*.tmp")), "a temporary file was left behind"
+
+
+def test_an_unwritable_cache_warns_once_and_works(tmp_path):
+    # A regular file where the cache folder should be: nothing can be written
+    # below it (even as root, unlike a read-only mode).
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    code = MEASURE + "y = dx.deconvolve(torch.rand(2, 30, 16), torch.rand(3, 3)); print('ok2')"
+    proc = _run(code, env={"XDG_CACHE_HOME": str(blocker), "DECONV_EXT_CPU_FFT": "auto"})
+    assert proc.returncode == 0 and "ok2" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stderr.count("FFT choices are kept in memory only") == 1
+
+
+def test_concurrent_processes_keep_every_measured_shape(tmp_path):
+    code = """
+    import sys, torch, deconv_ext as dx
+    i = int(sys.argv[1])
+    for n in range(6):
+        dx.deconvolve(torch.rand(1, 8 + 2 * n, 10 + i), torch.rand(3, 3))
+    """
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), DECONV_EXT_CPU_FFT="auto")
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(i)], cwd=ROOT,
+                              env=env) for i in range(4)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    saved = json.loads((tmp_path / "deconv_ext" / "fft_choice.json").read_text())
+    assert len(saved) == 24 and set(saved.values()) <= {"pipeline", "scipy"}
+
+
+def test_fork_while_another_thread_measures_does_not_hang(tmp_path):
+    code = """
+    import os, threading, time, torch, deconv_ext as dx
+    from deconv_ext.execution import fft_choice
+    started = threading.Event()
+    real = fft_choice._measure
+    def slow(*a):
+        started.set(); time.sleep(1.0); return real(*a)
+    fft_choice._measure = slow
+    t = threading.Thread(target=lambda: dx.deconvolve(torch.rand(30, 22), torch.rand(3, 3)))
+    t.start(); started.wait()
+    pid = os.fork()
+    if pid == 0:
+        dx.deconvolve(torch.rand(28, 26), torch.rand(3, 3))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    t.join()
+    print("child", status)
+    """
+    proc = _run(code, env={"XDG_CACHE_HOME": str(tmp_path), "DECONV_EXT_CPU_FFT": "auto"},
+                timeout=120)
+    assert proc.returncode == 0 and "child 0" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_absurd_sizes_are_refused_at_once():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="image_size"):
+        dx.DeconvPlan(torch.rand(3, 3), (10 ** 14, 8), boundary="reflect")
+    with pytest.raises(ValueError, match="taper"):
+        dx.deconvolve(torch.rand(9, 9), torch.rand(3, 3), boundary="reflect", taper=10 ** 13)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("shape", [(1, 0), (0, 5), (2, 0, 7), (3, 4, 0)])
+def test_empty_images_give_empty_results(shape):
+    x = torch.rand(*shape)
+    psf = torch.rand(3, 3)
+    assert dx.convolve(x, psf).shape == x.shape
+    assert dx.deconvolve(x, psf).shape == x.shape
+    assert dx.deconvolve(x, psf, boundary="reflect").shape == x.shape
+
+
+def test_empty_layer_output_gives_empty_input():
+    w = torch.rand(2, 3, 3, 3)
+    assert dx.conv2d_pinv(torch.rand(1, 2, 0, 4), w).shape == (1, 3, 0, 4)
+
+
+def test_an_inference_mode_call_does_not_poison_later_autograd():
+    gen = torch.Generator().manual_seed(5)
+    y = torch.rand(2, 16, 12, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    with torch.inference_mode():
+        dx.deconvolve(y, psf, eps=1e-2)
+    yg = y.clone().requires_grad_()
+    out = dx.deconvolve(yg, psf, eps=1e-2)
+    out.sum().backward()
+    yr = y.clone().requires_grad_()
+    reference.deconvolve(yr, psf, eps=1e-2).sum().backward()
+    assert rel_err(yg.grad, yr.grad) <= 1e-10
