@@ -142,3 +142,38 @@ def test_an_inference_mode_call_does_not_poison_later_autograd():
     yr = y.clone().requires_grad_()
     reference.deconvolve(yr, psf, eps=1e-2).sum().backward()
     assert rel_err(yg.grad, yr.grad) <= 1e-10
+
+
+@pytest.mark.parametrize("call", ["deconvolve", "plan", "convolve"])
+def test_second_order_gradients_wrt_the_psf_raise(call):
+    gen = torch.Generator().manual_seed(2)
+    y = torch.rand(12, 10, generator=gen, dtype=torch.float64)
+    p = torch.rand(3, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    fn = {"deconvolve": lambda p: dx.deconvolve(y, p, eps=1e-2),
+          "plan": lambda p: dx.DeconvPlan(p, (12, 10))(y),
+          "convolve": lambda p: dx.convolve(y, p)}[call]
+    (g,) = torch.autograd.grad(fn(p).pow(2).sum(), p, create_graph=True)
+    assert g.norm() > 0
+    with pytest.raises(NotImplementedError, match="second-order gradients w.r.t. the kernel"):
+        torch.autograd.grad(g.sum(), p)
+
+
+def test_cg_on_a_nan_plane_is_nan_and_not_converged():
+    gen = torch.Generator().manual_seed(3)
+    y = torch.rand(2, 12, 10, generator=gen, dtype=torch.float64)
+    y[0, 3, 3] = float("nan")
+    psf = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        x, info = dx.deconvolve(y, psf, eps=1e-2, boundary="reflect", solver="cg",
+                                return_info=True)
+    assert torch.isnan(x[0]).all() and torch.isfinite(x[1]).all()
+    assert info.converged.tolist() == [False, True]
+    clean, _ = dx.deconvolve(y[1:], psf, eps=1e-2, boundary="reflect", solver="cg",
+                             return_info=True)
+    assert rel_err(x[1], clean[0]) <= 1e-4  # both stopped by the CG tolerance
+
+
+def test_cg_with_a_psf_requiring_grad_says_so():
+    psf = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="solver='cg'"):
+        dx.deconvolve(torch.rand(10, 9, dtype=torch.float64), psf, boundary="zeros", solver="cg")

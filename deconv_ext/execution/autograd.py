@@ -232,3 +232,25 @@ def _dct_backward(ctx, grad):
 
 
 torch.library.register_autograd("deconv_ext::dct_solve", _dct_backward, setup_context=_dct_setup)
+
+
+def _no_second_order(name: str, n_inputs: int):
+    """Autograd of a kernel-gradient op: its own gradient is not implemented.
+
+    Without this, autograd would treat the op as a constant and a Hessian
+    w.r.t. the PSF (or a layer weight's spectrum) would come out as zeros.
+    """
+    def setup(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"second-order gradients w.r.t. the kernel (through deconv_ext::{name}) are not "
+            f"supported; second-order gradients w.r.t. the image are")
+
+    torch.library.register_autograd(f"deconv_ext::{name}", backward, setup_context=setup)
+
+
+for _name, _n in (("spectral_solve_backward", 6), ("spectral_mul_grad_k", 4),
+                  ("deconv2d_grad_k", 7), ("filter2d_grad_k", 4)):
+    _no_second_order(_name, _n)

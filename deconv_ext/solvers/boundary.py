@@ -36,6 +36,10 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
 
     Returns ``x`` or ``(x, SolveInfo)``.
     """
+    if solver == "cg" and psf.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError("gradients w.r.t. the PSF through solver='cg' are not "
+                                  "supported (only w.r.t. the image); use solver='fft' or "
+                                  "detach the PSF")
     dtype = spectral.compute_dtype(image.dtype)
     size = tuple(image.shape[-2:])
     psf_c = psf.to(dtype)

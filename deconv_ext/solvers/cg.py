@@ -129,6 +129,11 @@ def cgls(op, y: torch.Tensor, eps: float = 0.0, reg_op=None,
         gamma = gamma_new
     # A^T y = 0: the solution is 0 (for eps > 0 and for the minimum norm alike).
     best_x = torch.where(bnorm > 0, best_x, torch.zeros_like(best_x))
+    # A non-finite observation has no solution: NaN out, as the FFT path gives,
+    # and never reported as converged.
+    bad = ~torch.isfinite(bnorm)
+    best_x = torch.where(bad, torch.full_like(best_x, float("nan")), best_x)
+    best_res = torch.where(bad, torch.full_like(best_res, float("nan")), best_res)
     converged = best_res <= tol
     info = SolveInfo(iterations=_squeeze(iters, dims), residual=_squeeze(best_res, dims),
                      converged=_squeeze(converged, dims), solver="cg",
