@@ -177,3 +177,26 @@ def test_cg_with_a_psf_requiring_grad_says_so():
     psf = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
     with pytest.raises(NotImplementedError, match="solver='cg'"):
         dx.deconvolve(torch.rand(10, 9, dtype=torch.float64), psf, boundary="zeros", solver="cg")
+
+
+@pytest.mark.parametrize("what", ["plan", "blur", "boundary", "depthwise", "dct"])
+def test_jit_trace_records_the_ops(what):
+    """A traced function must compute the same on new input (it once recorded only
+    ``aten::empty``, returning uninitialised memory)."""
+    gen = torch.Generator().manual_seed(4)
+    psf = dx.gaussian(1.0, 5)
+    x = torch.rand(2, 20, 18, generator=gen)
+    if what == "depthwise":
+        conv = torch.nn.Conv2d(3, 3, 3, padding="same", padding_mode="circular", groups=3,
+                               bias=False)
+        fn, x = dx.ConvPinv2d.from_conv(conv, (20, 18)), torch.rand(1, 3, 20, 18, generator=gen)
+    elif what == "dct":
+        fn = lambda a: dx.deconvolve(a, psf, boundary="symmetric", solver="dct")  # noqa: E731
+    else:
+        plan = dx.DeconvPlan(psf, (20, 18), boundary="reflect" if what == "boundary" else
+                             "circular")
+        fn = plan.blur if what == "blur" else plan
+    traced = torch.jit.trace(lambda a: fn(a), x, check_trace=False)
+    assert any(n.kind().startswith("deconv_ext::") for n in traced.graph.nodes())
+    fresh = torch.rand(x.shape, generator=gen)
+    assert torch.allclose(traced(fresh), fn(fresh), rtol=0, atol=1e-6)

@@ -42,8 +42,9 @@ _FFT_ROUTES = ("pipeline", "scipy", "pyfftw")
 
 
 def _eager_cpu(tensors) -> bool:
-    """An eager CPU call that autograd does not record."""
-    if torch.compiler.is_compiling():
+    """An eager CPU call that autograd does not record (nor a tracer: ``torch.jit.trace``
+    records dispatcher ops only, never a direct pybind11 call)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:

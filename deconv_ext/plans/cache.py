@@ -66,7 +66,7 @@ def _cacheable(t: torch.Tensor) -> bool:
 def _key(psf: torch.Tensor, extra: tuple) -> Optional[Hashable]:
     # Plans made under inference_mode hold inference tensors, which a later
     # call under autograd could not save for backward: never keep them.
-    if (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_inference_mode_enabled()
             or not _cacheable(psf)):
         return None
     parts = []
