@@ -134,6 +134,7 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     _check_boundary(boundary)
     V.reg(reg, image.shape)
     V.eps(eps, tuple(image.shape[-2:]))
+    V.broadcasts_to("eps", eps if isinstance(eps, torch.Tensor) else None, image.shape, "image")
     V.rcond(rcond)
     V.choice("solver", solver, V.SOLVERS)
     V.tol(tol)

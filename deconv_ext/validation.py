@@ -105,7 +105,8 @@ def eps(value, size: Tuple[int, int], name: str = "eps"):
                                  f"the spectrum (..., {size[0]}, {size[1]})")
         if not torch.compiler.is_compiling():
             v = value.detach()
-            if bool(torch.isnan(v).any()) or bool((v < 0).any()) or bool(torch.isinf(v).any()):
+            # One reduction, one host sync: NaN fails ">= 0", +inf fails "< inf".
+            if not bool(((v >= 0) & (v < _INF)).all()):
                 raise ValueError(f"{name} tensor must be finite and >= 0 everywhere "
                                  f"(min {float(v.min()) if v.numel() else 'n/a'})")
         return value
@@ -126,6 +127,17 @@ def rcond(value) -> Optional[float]:
     if not (0.0 <= v < 1.0):
         raise ValueError(f"rcond={value!r} is not valid; expected None or a float in [0, 1)")
     return v
+
+
+def broadcasts_to(name: str, t, shape: Sequence[int], what: str) -> None:
+    """``t`` (a tensor or None) broadcasts to ``shape`` without enlarging it."""
+    if not isinstance(t, torch.Tensor):
+        return
+    ok = t.dim() <= len(shape) and all(a == 1 or a == b for a, b in
+                                       zip(reversed(t.shape), reversed(tuple(shape))))
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {what} of "
+                         f"shape {tuple(shape)}")
 
 
 def same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:

@@ -200,3 +200,12 @@ def test_jit_trace_records_the_ops(what):
     assert any(n.kind().startswith("deconv_ext::") for n in traced.graph.nodes())
     fresh = torch.rand(x.shape, generator=gen)
     assert torch.allclose(traced(fresh), fn(fresh), rtol=0, atol=1e-6)
+
+
+def test_an_eps_tensor_that_does_not_broadcast_is_named():
+    with pytest.raises(ValueError, match=r"eps of shape \(2, 2, 8, 8\) does not broadcast to image"):
+        dx.deconvolve(torch.rand(8, 8), torch.rand(3, 3), eps=torch.rand(2, 2, 8, 8))
+    plan = dx.DeconvPlan(torch.rand(3, 3), (8, 8), eps=torch.rand(2, 2, 8, 8))
+    with pytest.raises(ValueError, match="the plan's eps tensor"):
+        plan(torch.rand(8, 8))
+    assert plan(torch.rand(2, 2, 8, 8)).shape == (2, 2, 8, 8)

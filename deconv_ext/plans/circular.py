@@ -190,6 +190,8 @@ class DeconvPlan(Plan):
     def _check(self, image: torch.Tensor, name: str) -> torch.Tensor:
         V.plan_input(image, name, self.image_size, self.psf, self.dtype)
         V.kernel(self.psf, image.shape, name="the plan's psf")
+        V.broadcasts_to("the plan's eps tensor", self.eps if isinstance(self.eps, torch.Tensor)
+                        else None, image.shape, name)
         return image
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
