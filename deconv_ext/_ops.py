@@ -504,8 +504,14 @@ if available():
 
     _register_filter_autograd("filter2d", "filter2d_grad_k")
 
+    def _triton_launchers():
+        from . import triton_kernels  # imported on the first CUDA call only
+
+        return triton_kernels
+
     for _name in ("deconv2d", "deconv2d_grad_k", "filter2d", "filter2d_grad_k"):
-        # On CUDA: torch.fft (cuFFT) around the per-frequency ops (Triton).
+        # On CUDA: torch.fft (cuFFT) around the Triton launchers, whose
+        # `scale` keyword (not in the op schemas) saves the irfft2's 1/(H W) pass.
         torch.library.register_kernel(
             f"deconv_ext::{_name}", "cuda",
-            (lambda fn: lambda *args: fn(ops, *args))(getattr(_pipeline, _name)))
+            (lambda fn: lambda *args: fn(_triton_launchers(), *args))(getattr(_pipeline, _name)))

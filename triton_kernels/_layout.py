@@ -105,6 +105,8 @@ def loop_dims(shape: Sequence[int], strides: Sequence[Sequence[int]],
     coalesce into one dim, the largest is returned (ascending dims), or ``[]``.
     """
     nd = len(shape)
+    if not shared:
+        return []
     cand = [d for d in range(nd - 1) if shape[d] > 1 and all(strides[i][d] == 0 for i in shared)]
     if not cand:
         return []

@@ -635,9 +635,11 @@ def spectral_solve_backward(grad: torch.Tensor, y: torch.Tensor, k: torch.Tensor
     """Gradients of :func:`spectral_solve` w.r.t. ``k`` and ``reg``.
 
     The dims along which both k and reg are broadcast (the samples sharing a
-    spectrum) are summed inside the kernel; only the rare remainder (k or
-    reg broadcast where the other is not, or along dims that do not
-    coalesce) is summed by torch, on buffers of k's size, never y's.
+    spectrum) are summed inside the kernel, into partial sums of y's size
+    over those samples (k's size when k is shared by whole samples); only
+    the rare remainder (k or reg broadcast where the other is not, or along
+    dims that do not coalesce with the looped ones) is summed by torch, on
+    those partial sums.
 
     Parameters
     ----------
