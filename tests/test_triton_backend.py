@@ -414,3 +414,122 @@ def test_pipeline_folds_the_inverse_fft_scale(gen, monkeypatch):
             close(a, b, tol * 10, tol * 10)
         close(pipeline.filter2d_grad_k(kern, g, x, list(k.shape), True),
               ops.filter2d_grad_k(g, x, list(k.shape), True), tol * 10, tol * 10)
+
+
+# ---------------------------------------------------------------------------
+# The GPU check's scripts, checked without a GPU
+# ---------------------------------------------------------------------------
+
+SCRIPTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_gpu_check_script_parses():
+    import subprocess
+
+    res = subprocess.run(["bash", "-n", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_bench_gpu_arguments_and_dry_run(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPTS / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for bad in (["--device", "cpu"], ["--budget", "0"], ["--only", "nonsense"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+    args = bench.parse_args(["--device", "cpu", "--dry-run", "--only", "correct", "graphs"])
+    assert args.only == ["correct", "graphs"] and args.budget > 0
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert bench.main(["--device", "cpu", "--dry-run"]) == 0
+    rows = json.loads((tmp_path / "bench_gpu.json").read_text())["rows"]
+    sections = {r["section"] for r in rows}
+    assert {"correct", "bandwidth", "e2e", "host", "graphs", "boundary", "multichan"} <= sections
+    assert not bench.failed(rows), bench.failed(rows)
+    assert sum(1 for r in rows if r.get("ok")) >= 40  # the correctness rows ran
+    assert "| correct |" in (tmp_path / "bench_gpu.md").read_text()
+    # A failing comparison is a failing row (the script's exit status).
+    run = bench.Run(torch.device("cpu"), True, 10.0, bench.Timer(torch.device("cpu"), 0, 1))
+    run.compare("x", torch.ones(3), torch.ones(3) * 1.1, 1e-3)
+    assert bench.failed(run.rows)
+    run.guarded("s", "boom", lambda: 1 / 0)
+    assert "ZeroDivisionError" in run.rows[-1]["error"]
+
+
+# ---------------------------------------------------------------------------
+# CUDA (run by benchmarks/gpu_check.sh)
+# ---------------------------------------------------------------------------
+
+HAS_CUDA = torch.cuda.is_available()
+cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_multichannel_matches_cpu(gen):
+    import deconv_ext as dx
+
+    w = torch.randn(3, 3, 5, 5, generator=gen) * 0.2
+    w[torch.arange(3), torch.arange(3), 2, 2] += 1.0
+    out = torch.randn(2, 3, 40, 36, generator=gen)
+    for eps in (0.0, 1e-3):
+        close(dx.conv2d_pinv(out.cuda(), w.cuda(), eps=eps).cpu(), dx.conv2d_pinv(out, w, eps=eps),
+              1e-3, 1e-3)
+        plan_c = dx.DeconvPlan.for_conv2d(w.cuda(), (40, 36), eps=eps)
+        plan = dx.DeconvPlan.for_conv2d(w, (40, 36), eps=eps)
+        close(plan_c(out.cuda()).cpu(), plan(out), 1e-3, 1e-3)
+    wd = torch.rand(3, 1, 3, 3, generator=gen) + 0.1  # depthwise: the element-wise plan
+    plan_c = dx.DeconvPlan.for_conv2d(wd.cuda(), (40, 36), groups=3, eps=1e-3)
+    close(plan_c(out.cuda()).cpu(), dx.DeconvPlan.for_conv2d(wd, (40, 36), groups=3, eps=1e-3)(out),
+          1e-4, 1e-4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_plan_call_graph_capturable(gen):
+    """A plan call is captured in a CUDA graph with no host synchronisation."""
+    import deconv_ext as dx
+
+    plan = dx.DeconvPlan(torch.rand(3, 5, 5, generator=gen).cuda() + 0.1, (64, 48), eps=1e-2)
+    static = (torch.rand(2, 3, 64, 48, generator=gen) + 0.1).cuda()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up: kernels compiled, allocator primed
+            plan(static)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.cuda.graph(graph):
+            out = plan(static)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    fresh = (torch.rand(2, 3, 64, 48, generator=gen) + 0.1).cuda()
+    static.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    close(out, plan(fresh), 1e-6, 1e-6)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_row_past_int32():
+    """One coalesced row of 2**31 + 5 complex elements (the column index
+    itself past int32), in place: the last elements are right."""
+    n = 2**31 + 5
+    free, _ = torch.cuda.mem_get_info()
+    if free < n * 8 + (2 << 30):
+        pytest.skip("not enough GPU memory for a 2**31-element spectrum")
+    y = torch.full((n,), 1 + 2j, dtype=torch.complex64, device="cuda")
+    y[-1] = 3 - 1j
+    k = torch.full((1,), 2 - 1j, dtype=torch.complex64, device="cuda")
+    th = torch.zeros((), device="cuda")
+    ops.spectral_solve_(y, k, None, 0.0, th)  # pinv: y / k
+    expect = torch.tensor([(1 + 2j) / (2 - 1j), (3 - 1j) / (2 - 1j)], dtype=torch.complex64)
+    got = torch.stack([y[0], y[2**31 - 1], y[2**31], y[-1]]).cpu()
+    close(got, expect[[0, 0, 0, 1]], 1e-6, 1e-6)
+    del y
+    torch.cuda.empty_cache()

@@ -7,6 +7,8 @@ dims ``(D0, D1, D2, L)``: the kernels split a program id into the three
 leading coordinates with scalar arithmetic and vectorise over ``L``. Spaces
 with more dims after coalescing are launched once per index of the extra
 outer dims (rare: it takes alternating broadcast patterns over five dims).
+The spectral kernels add a looped dim in front (``loop_dims``): the samples
+that share the kernel spectrum, walked inside one program.
 """
 from __future__ import annotations
 
