@@ -2,7 +2,7 @@
 
 Each public launcher has the name, signature and semantics of the op it
 implements (``torch.ops.deconv_ext.<name>``, schema in ``csrc/ops.cpp``);
-``deconv_ext._ops`` registers them as the ops' CUDA kernels. No
+``deconv_ext.execution.cuda`` registers them as the ops' CUDA kernels. No
 ``torch.library`` code lives here. Without a CUDA device the kernels run in
 the Triton interpreter on CPU tensors (see ``_interpret``): a test path.
 

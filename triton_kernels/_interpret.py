@@ -5,7 +5,7 @@ compiled for a GPU or interpreted (numpy on CPU tensors). This module must
 therefore be imported before any kernel module of the package. Without a CUDA
 device there is nothing to compile for, so the interpreter is switched on:
 that is how the kernels are tested in CI and how
-``DECONV_EXT_BACKEND=triton`` runs on a CPU-only machine (a test path, 100 to
+``DECONV_EXT_KERNELS=triton`` runs on a CPU-only machine (a test path, 100 to
 1000 times slower than the C++ kernels).
 
 If Triton was imported before this module, the ``@triton.jit`` helpers of

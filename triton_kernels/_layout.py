@@ -7,11 +7,13 @@ dims ``(D0, D1, D2, L)``: the kernels split a program id into the three
 leading coordinates with scalar arithmetic and vectorise over ``L``. Spaces
 with more dims after coalescing are launched once per index of the extra
 outer dims (rare: it takes alternating broadcast patterns over five dims).
+The spectral kernels add a looped dim in front (``loop_dims``): the samples
+that share the kernel spectrum, walked inside one program.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -90,6 +92,85 @@ def split_outer(shape: Sequence[int], strides: Sequence[Sequence[int]], inner: i
     for idx in itertools.product(*(range(n) for n in outer)):
         offs = [sum(i * x for i, x in zip(idx, s[:n_outer])) for s in strides]
         yield offs, shape_in, strides_in
+
+
+def loop_dims(shape: Sequence[int], strides: Sequence[Sequence[int]],
+              shared: Sequence[int]) -> List[int]:
+    """Dims of the iteration space that one program loops over in registers.
+
+    Candidates are the dims (never the last, vectorised one) along which every
+    operand listed in ``shared`` (e.g. the kernel spectrum and the
+    regulariser) has stride 0: the samples that share a spectrum. A program
+    reading the spectrum once and looping over them reads it from DRAM once
+    per block of samples instead of once per sample, and a gradient w.r.t. the
+    shared operand is reduced in registers. Of the runs of candidates that
+    coalesce into one dim, the largest is returned (ascending dims), or ``[]``.
+    """
+    nd = len(shape)
+    if not shared:
+        return []
+    cand = [d for d in range(nd - 1) if shape[d] > 1 and all(strides[i][d] == 0 for i in shared)]
+    if not cand:
+        return []
+    groups = [[cand[0]]]
+    for d in cand[1:]:
+        prev = groups[-1][-1]
+        if all(s[prev] == s[d] * shape[d] for s in strides):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    best = max(groups, key=lambda g: _prod(shape[d] for d in g))
+    return best
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def loop_space(shape: Sequence[int], strides: Sequence[Sequence[int]], loop: Sequence[int],
+               shared: Sequence[int]) -> Tuple[int, List[int], List[int], List[List[int]]]:
+    """Move the ``loop`` dims first and coalesce.
+
+    Returns ``(NS, loop strides, shape, strides)``: the number of samples a
+    program loops over (1 when ``loop`` is empty or merged away), each
+    operand's stride along them, and the remaining coalesced space.
+    """
+    order = list(loop) + [d for d in range(len(shape)) if d not in loop]
+    sh, st = coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
+    if loop and len(sh) >= 2 and all(st[i][0] == 0 for i in shared):
+        return sh[0], [s[0] for s in st], sh[1:], [s[1:] for s in st]
+    return 1, [0] * len(strides), sh, st
+
+
+def split_samples(ns: int, programs: int, target: int, per_program: Optional[int] = None
+                  ) -> Tuple[int, int]:
+    """``(samples per program, chunks)`` for ``ns`` looped samples.
+
+    ``programs`` is the grid without the sample split; it is multiplied by
+    the number of chunks until about ``target`` programs keep the device busy
+    (each chunk re-reads the shared spectrum once). ``per_program`` forces
+    the chunk size (tests).
+    """
+    ns = max(1, int(ns))
+    if per_program is not None:
+        spb = max(1, min(ns, int(per_program)))
+    elif programs >= target:
+        spb = ns
+    else:
+        chunks = min(ns, -(-target // max(programs, 1)))
+        spb = -(-ns // chunks)
+    return spb, -(-ns // spb)
+
+
+def contiguous_strides(shape: Sequence[int]) -> List[int]:
+    out, acc = [], 1
+    for n in reversed(list(shape)):
+        out.insert(0, acc)
+        acc *= max(int(n), 1)
+    return out
 
 
 def at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:

@@ -83,23 +83,30 @@ def _to_bf16_rne(v):
 
 
 @triton.jit
+def _wide(x, INT64: tl.constexpr):
+    """``x`` in 64 bits when INT64: every product of an index then is.
+    (An addition, not ``.to``: an argument equal to 1 arrives as a constant.)"""
+    if INT64:
+        return tl.full((), 0, tl.int64) + x
+    else:
+        return x
+
+
+@triton.jit
 def _tile_coords(D1, D2, NBH, NBW, INT64: tl.constexpr):
     """``(i0, i1, i2, tile row, tile column)`` of this program: one BH x BW
     tile of one image plane (leading dims ``(D0, D1, D2)``, ``NBH x NBW``
-    tiles per plane); the plane indices in int64 when INT64."""
-    pid = tl.program_id(0)
-    tiles = NBH * NBW
-    plane = pid // tiles
-    tile = pid % tiles
+    tiles per plane); all in int64 when INT64."""
+    pid = _wide(tl.program_id(0), INT64)
+    tc = pid % NBW
+    rest = pid // NBW
+    tr = rest % NBH
+    plane = rest // NBH
     i2 = plane % D2
     rest = plane // D2
     i1 = rest % D1
     i0 = rest // D1
-    if INT64:
-        i0 = i0.to(tl.int64)
-        i1 = i1.to(tl.int64)
-        i2 = i2.to(tl.int64)
-    return i0, i1, i2, tile // NBW, tile % NBW
+    return i0, i1, i2, tr, tc
 
 
 @triton.jit
@@ -115,13 +122,8 @@ def _pad_kernel(out_ptr, x_ptr, top, left, h, w, OH, OW, D1, D2, NBH, NBW,
     i0, i1, i2, tr, tc = _tile_coords(D1, D2, NBH, NBW, INT64)
     rows = tr * BH + tl.arange(0, BH)
     cols = tc * BW + tl.arange(0, BW)
-    sr = _source_index(rows - top, h, MODE_R)
-    sc = _source_index(cols - left, w, MODE_C)
-    if INT64:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-        sr = sr.to(tl.int64)
-        sc = sc.to(tl.int64)
+    sr = _source_index(rows - _wide(top, INT64), _wide(h, INT64), MODE_R)
+    sc = _source_index(cols - _wide(left, INT64), _wide(w, INT64), MODE_C)
     out_mask = (rows < OH)[:, None] & (cols < OW)[None, :]
     in_mask = out_mask & (sr >= 0)[:, None] & (sc >= 0)[None, :]
     src = x_ptr + (i0 * sx0 + i1 * sx1 + i2 * sx2) + sr[:, None] * sxh + sc[None, :] * sxw
@@ -150,7 +152,9 @@ def _preimage(r, t, top, n, N, P, M0, MODE: tl.constexpr):
         i = r + top + (M0 + t) * P
         ok = r >= 0
     elif MODE == REPLICATE:
-        lo = tl.where(r == 0, 0, r + top)
+        # Row 0 takes every i <= top, row n - 1 every i >= top + n - 1 (from
+        # i = 0 on when the image lies entirely above the window).
+        lo = tl.where(r == 0, 0, tl.where(r == n - 1, tl.maximum(r + top, 0), r + top))
         hi = tl.where(r == n - 1, N - 1, r + top)
         i = lo + t
         ok = i <= hi
@@ -167,37 +171,88 @@ def _preimage(r, t, top, n, N, P, M0, MODE: tl.constexpr):
 
 
 @triton.jit
+def _floor_div(a, b):
+    """floor(a / b) for b > 0, whichever rounding ``//`` has (C truncates)."""
+    q = a // b
+    return tl.where(q * b > a, q - 1, q)
+
+
+@triton.jit
+def _slot_range(r0, r1, top, n, N, P, M0, T, MODE: tl.constexpr):
+    """The slots ``[lo, hi)`` of :func:`_preimage` that some row in
+    ``[r0, r1)`` (``r1 <= n``) has a valid preimage in: the loop bounds of a
+    tile. An interior tile copies once; a border tile folds its strip."""
+    if MODE == ZEROS:
+        lo = r0 * 0
+        hi = tl.where((r1 - 1 + top >= 0) & (r0 + top <= N - 1), 1, 0) + lo
+    elif MODE == REPLICATE:
+        lo = r0 * 0
+        first = tl.where(r0 == 0, tl.minimum(top, N - 1) + 1, 1)
+        last = tl.where(r1 >= n, N - tl.maximum(top + n - 1, 0), 1)
+        hi = tl.maximum(tl.maximum(first, last), 1)
+        hi = tl.where(n == 1, N, hi)  # a single row takes every i
+    elif MODE == CIRCULAR:
+        # i = r + top + q P in [0, N) for some r in the tile.
+        q_lo = -_floor_div(top + r1 - 1, P)
+        q_hi = _floor_div(N - 1 - top - r0, P)
+        lo = q_lo - M0
+        hi = q_hi - M0 + 1
+    else:
+        c = P if MODE == REFLECT else P - 1
+        # Even slots: i = r + top + q P; odd slots: i = c - r + top + q P.
+        qe_lo = -_floor_div(top + r1 - 1, P)
+        qe_hi = _floor_div(N - 1 - top - r0, P)
+        qo_lo = -_floor_div(c + top - r0, P)
+        qo_hi = _floor_div(N - 1 - c - top + r1 - 1, P)
+        big = T + 2
+        e_ok = qe_lo <= qe_hi
+        o_ok = qo_lo <= qo_hi
+        lo = tl.minimum(tl.where(e_ok, 2 * (qe_lo - M0), big), tl.where(o_ok, 2 * (qo_lo - M0) + 1, big))
+        hi = tl.maximum(tl.where(e_ok, 2 * (qe_hi - M0) + 1, -big),
+                        tl.where(o_ok, 2 * (qo_hi - M0) + 2, -big))
+    return tl.maximum(lo, 0), tl.minimum(hi, T)
+
+
+@triton.jit
 def _pad_backward_kernel(out_ptr, g_ptr, top, left, h, w, GH, GW, D1, D2, NBH, NBW,
                          TR, TC, PR, PC, MR, MC,
                          sg0, sg1, sg2, sgh, sgw, so0, so1, so2, soh, sow,
                          MODE_R: tl.constexpr, MODE_C: tl.constexpr, ACC64: tl.constexpr,
                          INT64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
     """out[p, r, c] = sum of g[p, i, j] over source_index(i - top) == r and
-    source_index(j - left) == c: each input pixel gathers its copies."""
+    source_index(j - left) == c: each input pixel gathers its copies, over
+    only the slots its tile needs (``_slot_range``)."""
     i0, i1, i2, tr, tc = _tile_coords(D1, D2, NBH, NBW, INT64)
-    r = tr * BH + tl.arange(0, BH)
-    c = tc * BW + tl.arange(0, BW)
+    top = _wide(top, INT64)
+    left = _wide(left, INT64)
+    h = _wide(h, INT64)
+    w = _wide(w, INT64)
+    GH = _wide(GH, INT64)
+    GW = _wide(GW, INT64)
+    PR = _wide(PR, INT64)
+    PC = _wide(PC, INT64)
+    MR = _wide(MR, INT64)
+    MC = _wide(MC, INT64)
+    r0 = tr * BH
+    c0 = tc * BW
+    r = r0 + tl.arange(0, BH)
+    c = c0 + tl.arange(0, BW)
     out_mask = (r < h)[:, None] & (c < w)[None, :]
     gbase = g_ptr + (i0 * sg0 + i1 * sg1 + i2 * sg2)
     if ACC64:
         acc = tl.full((BH, BW), 0.0, tl.float64)
     else:  # float16/bfloat16 gradients are summed in float32, as C++ after its cast
         acc = tl.full((BH, BW), 0.0, tl.float32)
-    for t in range(TR):
+    t_lo, t_hi = _slot_range(r0, tl.minimum(r0 + BH, h), top, h, GH, PR, MR, TR, MODE_R)
+    s_lo, s_hi = _slot_range(c0, tl.minimum(c0 + BW, w), left, w, GW, PC, MC, TC, MODE_C)
+    for t in range(t_lo, t_hi):
         i, iok = _preimage(r, t, top, h, GH, PR, MR, MODE_R)
-        if INT64:
-            i = i.to(tl.int64)
-        for s in range(TC):
+        for s in range(s_lo, s_hi):
             j, jok = _preimage(c, s, left, w, GW, PC, MC, MODE_C)
-            if INT64:
-                j = j.to(tl.int64)
             m = out_mask & iok[:, None] & jok[None, :]
             v = tl.load(gbase + i[:, None] * sgh + j[None, :] * sgw, mask=m, other=0.0)
             acc += v.to(acc.dtype)
     dst = out_ptr + (i0 * so0 + i1 * so1 + i2 * so2)
-    if INT64:
-        r = r.to(tl.int64)
-        c = c.to(tl.int64)
     tl.store(dst + r[:, None] * soh + c[None, :] * sow, acc, mask=out_mask)
 
 
@@ -332,7 +387,7 @@ def _axis_slots(mode: int, top: int, n: int, N: int) -> Tuple[int, int, int]:
         if n == 1:
             return max(1, N), 1, 0                   # every i lands on the one pixel
         first = max(0, min(top, N - 1) + 1)          # i in [0, top] land on r = 0
-        last = max(0, N - max(top + n - 1, 0))       # i in [top + n - 1, N) on r = n - 1
+        last = max(0, N - max(top + n - 1, 0))       # i in [max(top + n - 1, 0), N) on r = n - 1
         return max(1, first, last), 1, 0
     period = {_CIRC: n, _REF: 2 * (n - 1), _SYM: 2 * n}[mode]
     span = n - 1 if mode == _CIRC else period  # largest base index within a period

@@ -11,13 +11,15 @@ dims by stride-0 index arithmetic, never materialised.
 
 Layout: kernels first, then the launchers (Liger-Kernel style).
 """
-from typing import List, Optional, Sequence, Tuple
+import functools
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from . import _interpret  # noqa: F401  (must precede the @triton.jit definitions)
-from ._layout import (MAX_LEAD, at_offset, broadcast_strides, coalesce, needs_int64, next_pow2,
-                      on_device, split_outer)
+from ._layout import (MAX_LEAD, at_offset, broadcast_strides, contiguous_strides, loop_dims,
+                      loop_space, needs_int64, next_pow2, on_device, split_outer, split_samples)
 
 import triton
 import triton.language as tl
@@ -28,196 +30,316 @@ __all__ = ["spectral_solve", "spectral_solve_", "spectral_mul", "spectral_solve_
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
+#
+# Iteration space (see _layout): NS samples looped over inside a program (the
+# dims along which the kernel spectrum and the regulariser are broadcast), up
+# to three leading dims (D0, D1, D2) and the vectorised last dim L, split into
+# blocks of BLOCK. A program id is (i0, i1, i2, block, chunk) with the chunk
+# of SPB samples fastest: programs that share a spectrum block are adjacent.
+# With INT64 every index is computed in 64 bits from the program id on.
 
 
 @triton.jit
-def _coords(D1, D2, NBLK, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    """This program's leading coordinates (i0, i1, i2), the first column of its
-    block of the last dim, and the block's columns."""
+def _coords(D1, D2, NBLK, NS, SPB, NCH, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """``(i0, i1, i2, chunk, first sample, samples, first column, columns)``."""
     pid = tl.program_id(0)
-    row = pid // NBLK
-    blk = pid % NBLK
+    if INT64:
+        pid = pid.to(tl.int64)
+    ch = pid % NCH
+    rest = pid // NCH
+    blk = rest % NBLK
+    row = rest // NBLK
     i2 = row % D2
     rest = row // D2
     i1 = rest % D1
     i0 = rest // D1
     start = blk * BLOCK
     cols = start + tl.arange(0, BLOCK)
-    if INT64:
-        # Offsets beyond 2**31 elements: the scalar coordinates are promoted
-        # by the stride products below; the vector part needs it explicitly.
-        cols = cols.to(tl.int64)
-        start = start.to(tl.int64)
-        i0 = i0.to(tl.int64)
-        i1 = i1.to(tl.int64)
-        i2 = i2.to(tl.int64)
-    return i0, i1, i2, start, cols
+    s0 = ch * SPB
+    ns = tl.minimum(NS - s0, SPB)
+    return i0, i1, i2, ch, s0, ns, start, cols
 
 
 @triton.jit
-def _load_pair(ptr, base, start, cols, s3, mask, L, FLAT: tl.constexpr, BLOCK: tl.constexpr):
+def _pair_offset(base, start, ALIGNED: tl.constexpr):
+    """Float offset of complex element ``base + start``; ALIGNED: the launcher
+    proved it a multiple of 4 floats (16 bytes for complex64), which lets
+    the compiler emit 16-byte accesses whatever the row length."""
+    off = (base + start) * 2
+    if ALIGNED:
+        off = tl.multiple_of(off, 4)
+    return off
+
+
+@triton.jit
+def _load_pair(ptr, base, start, cols, s3, L, FLAT: tl.constexpr, MASKED: tl.constexpr,
+               ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """(re, im) of the complex elements ``base + cols * s3`` (complex units).
 
     FLAT (unit stride): the block's pairs are ``2 * BLOCK`` consecutive
     floats, loaded flat (16-byte vector accesses) and split in registers.
     Otherwise one ``[BLOCK, 2]`` load with the float offset written as
     ``2 * element + (0, 1)``, so each pair is provably 8-byte aligned.
+    MASKED only for the last block of a row: full blocks carry no mask, so
+    their accesses stay 16 bytes wide for any L.
     """
     if FLAT:
         j = tl.arange(0, 2 * BLOCK)
-        v = tl.load(ptr + (base + start) * 2 + j, mask=j < (L - start) * 2, other=0.0)
+        p = ptr + _pair_offset(base, start, ALIGNED) + j
+        if MASKED:
+            v = tl.load(p, mask=j < (L - start) * 2, other=0.0)
+        else:
+            v = tl.load(p)
         return tl.split(tl.reshape(v, [BLOCK, 2]))
     else:
         offs = ((base + cols * s3) * 2)[:, None] + tl.arange(0, 2)[None, :]
-        return tl.split(tl.load(ptr + offs, mask=mask[:, None], other=0.0))
+        if MASKED:
+            return tl.split(tl.load(ptr + offs, mask=(cols < L)[:, None], other=0.0))
+        else:
+            return tl.split(tl.load(ptr + offs))
 
 
 @triton.jit
-def _store_pair(ptr, base, start, cols, s3, mask, L, re, im, FLAT: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _store_pair(ptr, base, start, cols, s3, L, re, im, FLAT: tl.constexpr, MASKED: tl.constexpr,
+                ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     if FLAT:
         j = tl.arange(0, 2 * BLOCK)
         v = tl.reshape(tl.join(re, im), [2 * BLOCK])
-        tl.store(ptr + (base + start) * 2 + j, v, mask=j < (L - start) * 2)
+        p = ptr + _pair_offset(base, start, ALIGNED) + j
+        if MASKED:
+            tl.store(p, v, mask=j < (L - start) * 2)
+        else:
+            tl.store(p, v)
     else:
         offs = ((base + cols * s3) * 2)[:, None] + tl.arange(0, 2)[None, :]
-        tl.store(ptr + offs, tl.join(re, im), mask=mask[:, None])
+        if MASKED:
+            tl.store(ptr + offs, tl.join(re, im), mask=(cols < L)[:, None])
+        else:
+            tl.store(ptr + offs, tl.join(re, im))
 
 
 @triton.jit
-def _load_real(ptr, base, cols, s3, mask, CONST: tl.constexpr):
+def _load_real(ptr, base, cols, s3, L, CONST: tl.constexpr, MASKED: tl.constexpr):
     """Real element ``base + cols * s3``; CONST: s3 == 0 (one value for the
     whole block, e.g. the per-sample threshold), read as a scalar."""
     if CONST:
         return tl.load(ptr + base)
+    elif MASKED:
+        return tl.load(ptr + base + cols * s3, mask=cols < L, other=0.0)
     else:
-        return tl.load(ptr + base + cols * s3, mask=mask, other=0.0)
+        return tl.load(ptr + base + cols * s3)
 
 
 @triton.jit
-def _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3, sr0, sr1, sr2, sr3,
-                       cols, mask, kr, ki, HAS_REG: tl.constexpr, T_CONST: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    """``(|K|^2, p, p > 0, kept)`` for the solve and its backward, as
-    ``solve_one`` in csrc/spectral.cpp: p = eps * reg (or eps); a frequency is
-    kept where Tikhonov applies (p > 0) or |K|^2 > thresh -- written as C++'s
-    !(k2 > thr2), so NaN drops it."""
-    thr2 = _load_real(t_ptr, i0 * st0 + i1 * st1 + i2 * st2, cols, st3, mask, T_CONST)
+def _store_real(ptr, base, cols, s3, L, v, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + base + cols * s3, v, mask=cols < L)
+    else:
+        tl.store(ptr + base + cols * s3, v)
+
+
+@triton.jit
+def _power(kr, ki, r_ptr, eps, rbase, cols, sr3, L, HAS_REG: tl.constexpr, MASKED: tl.constexpr,
+           BLOCK: tl.constexpr):
+    """``(|K|^2, p, p > 0)`` as ``solve_one`` in csrc/spectral.cpp, with
+    p = eps * reg (or eps); the sample-independent part of the solve."""
     # eps arrives as a float64 scalar; C++ casts it to the compute type first.
     e = tl.full((), eps, tl.float64).to(kr.dtype)
     if HAS_REG:
-        reg = _load_real(r_ptr, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, mask, False)
-        p = e * reg
+        p = e * _load_real(r_ptr, rbase, cols, sr3, L, False, MASKED)
     else:
         p = tl.full([BLOCK], 0.0, kr.dtype) + e
-    k2 = kr * kr + ki * ki
-    tik = p > 0.0
-    return k2, p, tik, tik | (k2 > thr2)
+    return kr * kr + ki * ki, p, p > 0.0
 
 
 @triton.jit
-def _reciprocal(x, F32: tl.constexpr):
-    """1 / x; in float32 IEEE-rounded (div_rn), like the CPU."""
+def _reciprocal(num, x, F32: tl.constexpr):
+    """num / x; in float32 IEEE-rounded (div_rn), like the CPU."""
     if F32:
-        return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), x)
+        return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32) * num, x)
     else:
-        return 1.0 / x
+        return num / x
 
 
 @triton.jit
-def _solve_kernel(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps: tl.float64,
-                  D1, D2, L, NBLK,
-                  so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
-                  st0, st1, st2, st3, sr0, sr1, sr2, sr3,
-                  HAS_REG: tl.constexpr, F32: tl.constexpr, T_CONST: tl.constexpr,
-                  K_CONJ: tl.constexpr, FLAT: tl.constexpr, INT64: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """X = conj(K) Y / (|K|^2 + p) where p = eps * reg > 0, else Y / K where
-    |K|^2 > thresh, else 0 (``solve_one`` in csrc/spectral.cpp)."""
-    i0, i1, i2, start, cols = _coords(D1, D2, NBLK, BLOCK, INT64)
-    mask = cols < L
-    yr, yi = _load_pair(y_ptr, i0 * sy0 + i1 * sy1 + i2 * sy2, start, cols, sy3,
-                        mask, L, FLAT, BLOCK)
-    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3,
-                        mask, L, FLAT, BLOCK)
+def _solve_block(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, scale, i0, i1, i2, s0, ns, start, cols, L,
+                 so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                 st0, st1, st2, st3, sr0, sr1, sr2, sr3, sos, sys, sts,
+                 HAS_REG: tl.constexpr, F32: tl.constexpr, T_CONST: tl.constexpr,
+                 K_CONJ: tl.constexpr, FLAT: tl.constexpr, MASKED: tl.constexpr,
+                 ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    # The spectrum and the regulariser: read once for the program's samples.
+    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3, L, FLAT, MASKED,
+                        ALIGNED, BLOCK)
     if K_CONJ:  # k is a lazy conjugate: its memory holds conj(K)
         ki = -ki
-    k2, p, tik, keep = _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3,
-                                          sr0, sr1, sr2, sr3, cols, mask, kr, ki,
-                                          HAS_REG, T_CONST, BLOCK)
+    k2, p, tik = _power(kr, ki, r_ptr, eps, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, L,
+                        HAS_REG, MASKED, BLOCK)
     den = tl.where(tik, k2 + p, k2)
-    den = tl.where(keep, den, 1.0)  # never divide by a dropped (possibly zero) denominator
-    inv = _reciprocal(den, F32)
-    xr = tl.where(keep, (kr * yr + ki * yi) * inv, 0.0)
-    xi = tl.where(keep, (kr * yi - ki * yr) * inv, 0.0)
-    _store_pair(out_ptr, i0 * so0 + i1 * so1 + i2 * so2, start, cols, so3, mask, L, xr, xi,
-                FLAT, BLOCK)
+    c = tl.full((), scale, tl.float64).to(kr.dtype)
+    ybase = i0 * sy0 + i1 * sy1 + i2 * sy2
+    obase = i0 * so0 + i1 * so1 + i2 * so2
+    tbase = i0 * st0 + i1 * st1 + i2 * st2
+    for s in range(s0, s0 + ns):
+        thr2 = _load_real(t_ptr, tbase + s * sts, cols, st3, L, T_CONST, MASKED)
+        # !(k2 > thr2) drops a frequency, as C++: NaN drops it too.
+        keep = tik | (k2 > thr2)
+        # Never divide by a dropped (possibly zero) denominator.
+        inv = _reciprocal(c, tl.where(keep, den, 1.0), F32)
+        yr, yi = _load_pair(y_ptr, ybase + s * sys, start, cols, sy3, L, FLAT, MASKED, ALIGNED,
+                            BLOCK)
+        xr = tl.where(keep, (kr * yr + ki * yi) * inv, 0.0)
+        xi = tl.where(keep, (kr * yi - ki * yr) * inv, 0.0)
+        _store_pair(out_ptr, obase + s * sos, start, cols, so3, L, xr, xi, FLAT, MASKED, ALIGNED,
+                    BLOCK)
 
 
 @triton.jit
-def _mul_kernel(out_ptr, y_ptr, k_ptr,
-                D1, D2, L, NBLK,
-                so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
-                CONJ: tl.constexpr, FLAT: tl.constexpr, INT64: tl.constexpr,
-                BLOCK: tl.constexpr):
-    """K * Y, or conj(K) * Y (``mul_kernel`` in csrc/spectral.cpp)."""
-    i0, i1, i2, start, cols = _coords(D1, D2, NBLK, BLOCK, INT64)
-    mask = cols < L
-    yr, yi = _load_pair(y_ptr, i0 * sy0 + i1 * sy1 + i2 * sy2, start, cols, sy3,
-                        mask, L, FLAT, BLOCK)
-    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3,
-                        mask, L, FLAT, BLOCK)
+def _solve_kernel(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps: tl.float64, scale: tl.float64,
+                  D1, D2, L, NBLK, NS, SPB, NCH,
+                  so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                  st0, st1, st2, st3, sr0, sr1, sr2, sr3, sos, sys, sks, sts, srs,
+                  HAS_REG: tl.constexpr, F32: tl.constexpr, T_CONST: tl.constexpr,
+                  K_CONJ: tl.constexpr, FLAT: tl.constexpr, ALIGNED: tl.constexpr,
+                  INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """X = scale conj(K) Y / (|K|^2 + p) where p = eps * reg > 0, else
+    scale Y / K where |K|^2 > thresh, else 0 (``solve_one`` in
+    csrc/spectral.cpp; scale = 1 there). k and reg have stride 0 along the
+    samples (sks, srs: unused, kept for a uniform launch)."""
+    i0, i1, i2, ch, s0, ns, start, cols = _coords(D1, D2, NBLK, NS, SPB, NCH, BLOCK, INT64)
+    if start + BLOCK <= L:
+        _solve_block(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, scale, i0, i1, i2, s0, ns, start,
+                     cols, L, so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                     st0, st1, st2, st3, sr0, sr1, sr2, sr3, sos, sys, sts,
+                     HAS_REG, F32, T_CONST, K_CONJ, FLAT, False, ALIGNED, BLOCK)
+    else:
+        _solve_block(out_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, scale, i0, i1, i2, s0, ns, start,
+                     cols, L, so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                     st0, st1, st2, st3, sr0, sr1, sr2, sr3, sos, sys, sts,
+                     HAS_REG, F32, T_CONST, K_CONJ, FLAT, True, ALIGNED, BLOCK)
+
+
+@triton.jit
+def _mul_block(out_ptr, y_ptr, k_ptr, scale, i0, i1, i2, s0, ns, start, cols, L,
+               so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3, sos, sys,
+               CONJ: tl.constexpr, SCALED: tl.constexpr, FLAT: tl.constexpr,
+               MASKED: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3, L, FLAT, MASKED,
+                        ALIGNED, BLOCK)
     if CONJ:
         ki = -ki
-    # (a + bi)(c + di) = (ac - bd) + (ad + bc)i with a + bi = K, as c10::complex.
-    _store_pair(out_ptr, i0 * so0 + i1 * so1 + i2 * so2, start, cols, so3, mask, L,
-                kr * yr - ki * yi, kr * yi + ki * yr, FLAT, BLOCK)
+    if SCALED:  # the scale folds into K once: scale * (K Y)
+        c = tl.full((), scale, tl.float64).to(kr.dtype)
+        kr = kr * c
+        ki = ki * c
+    ybase = i0 * sy0 + i1 * sy1 + i2 * sy2
+    obase = i0 * so0 + i1 * so1 + i2 * so2
+    for s in range(s0, s0 + ns):
+        yr, yi = _load_pair(y_ptr, ybase + s * sys, start, cols, sy3, L, FLAT, MASKED, ALIGNED,
+                            BLOCK)
+        # (a + bi)(c + di) = (ac - bd) + (ad + bc)i with a + bi = K, as c10::complex.
+        _store_pair(out_ptr, obase + s * sos, start, cols, so3, L, kr * yr - ki * yi,
+                    kr * yi + ki * yr, FLAT, MASKED, ALIGNED, BLOCK)
+
+
+@triton.jit
+def _mul_kernel(out_ptr, y_ptr, k_ptr, scale: tl.float64,
+                D1, D2, L, NBLK, NS, SPB, NCH,
+                so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3, sos, sys, sks,
+                CONJ: tl.constexpr, SCALED: tl.constexpr, FLAT: tl.constexpr,
+                ALIGNED: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """K * Y, or conj(K) * Y (``mul_kernel`` in csrc/spectral.cpp), times
+    ``scale`` when SCALED."""
+    i0, i1, i2, ch, s0, ns, start, cols = _coords(D1, D2, NBLK, NS, SPB, NCH, BLOCK, INT64)
+    if start + BLOCK <= L:
+        _mul_block(out_ptr, y_ptr, k_ptr, scale, i0, i1, i2, s0, ns, start, cols, L,
+                   so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3, sos, sys,
+                   CONJ, SCALED, FLAT, False, ALIGNED, BLOCK)
+    else:
+        _mul_block(out_ptr, y_ptr, k_ptr, scale, i0, i1, i2, s0, ns, start, cols, L,
+                   so0, so1, so2, so3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3, sos, sys,
+                   CONJ, SCALED, FLAT, True, ALIGNED, BLOCK)
+
+
+@triton.jit
+def _solve_backward_block(gk_ptr, gp_ptr, g_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, i0, i1, i2, ch,
+                          s0, ns, start, cols, L,
+                          so0, so1, so2, so3, sq0, sq1, sq2, sq3,
+                          sg0, sg1, sg2, sg3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                          st0, st1, st2, st3, sr0, sr1, sr2, sr3, soc, sqc, sgs, sys, sts,
+                          HAS_REG: tl.constexpr, F32: tl.constexpr, T_CONST: tl.constexpr,
+                          FLAT: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3, L, FLAT, MASKED,
+                        ALIGNED, BLOCK)
+    k2, p, tik = _power(kr, ki, r_ptr, eps, i0 * sr0 + i1 * sr1 + i2 * sr2, cols, sr3, L,
+                        HAS_REG, MASKED, BLOCK)
+    d = tl.where(tik, k2 + p, k2)
+    one = tl.full((), 1.0, kr.dtype)
+    gbase = i0 * sg0 + i1 * sg1 + i2 * sg2
+    ybase = i0 * sy0 + i1 * sy1 + i2 * sy2
+    tbase = i0 * st0 + i1 * st1 + i2 * st2
+    # The samples share k and reg: their gradients are summed in registers.
+    akr = tl.full([BLOCK], 0.0, kr.dtype)
+    aki = tl.full([BLOCK], 0.0, kr.dtype)
+    ap = tl.full([BLOCK], 0.0, kr.dtype)
+    for s in range(s0, s0 + ns):
+        thr2 = _load_real(t_ptr, tbase + s * sts, cols, st3, L, T_CONST, MASKED)
+        live = tik | (k2 > thr2)
+        inv2 = _reciprocal(one, tl.where(live, d * d, 1.0), F32)
+        gr, gi = _load_pair(g_ptr, gbase + s * sgs, start, cols, sg3, L, FLAT, MASKED, ALIGNED,
+                            BLOCK)
+        yr, yi = _load_pair(y_ptr, ybase + s * sys, start, cols, sy3, L, FLAT, MASKED, ALIGNED,
+                            BLOCK)
+        # gky = (g * k) * conj(y), in the operation order of the C++ code.
+        ar = gr * kr - gi * ki
+        ai = gr * ki + gi * kr
+        cr = ar * yr + ai * yi
+        ci = ai * yr - ar * yi
+        # -gky * k + conj(g) * y * p
+        ur = gr * yr + gi * yi
+        ui = gr * yi - gi * yr
+        gkr = (ci * ki - cr * kr + ur * p) * inv2
+        gki = (-(cr * ki) - ci * kr + ui * p) * inv2
+        akr += tl.where(live, gkr, 0.0)
+        aki += tl.where(live, gki, 0.0)
+        ap += tl.where(live, -cr * inv2, 0.0)
+    _store_pair(gk_ptr, i0 * so0 + i1 * so1 + i2 * so2 + ch * soc, start, cols, so3, L, akr, aki,
+                FLAT, MASKED, ALIGNED, BLOCK)
+    _store_real(gp_ptr, i0 * sq0 + i1 * sq1 + i2 * sq2 + ch * sqc, cols, sq3, L, ap, MASKED)
 
 
 @triton.jit
 def _solve_backward_kernel(gk_ptr, gp_ptr, g_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps: tl.float64,
-                           D1, D2, L, NBLK,
+                           D1, D2, L, NBLK, NS, SPB, NCH,
                            so0, so1, so2, so3, sq0, sq1, sq2, sq3,
                            sg0, sg1, sg2, sg3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
                            st0, st1, st2, st3, sr0, sr1, sr2, sr3,
+                           sos, sqs, sgs, sys, sks, sts, srs, soc, sqc,
                            HAS_REG: tl.constexpr, F32: tl.constexpr, T_CONST: tl.constexpr,
-                           FLAT: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+                           FLAT: tl.constexpr, ALIGNED: tl.constexpr, INT64: tl.constexpr,
+                           BLOCK: tl.constexpr):
     """Per-element gradients of X = conj(K) Y / d, d = |K|^2 + p (PyTorch's
     complex convention), as ``solve_backward_kernel`` in csrc/spectral.cpp:
 
     dL/dK = (-(g K conj(Y)) K + conj(g) Y p) / d^2,  dL/dp = -Re(g K conj(Y)) / d^2,
-    zero where the pseudo-inverse threshold drops the frequency.
+    zero where the pseudo-inverse threshold drops the frequency; summed over
+    the program's samples (along which k and reg are broadcast) and written
+    to chunk ``ch`` of the partial sums (strides soc, sqc).
     """
-    i0, i1, i2, start, cols = _coords(D1, D2, NBLK, BLOCK, INT64)
-    mask = cols < L
-    gr, gi = _load_pair(g_ptr, i0 * sg0 + i1 * sg1 + i2 * sg2, start, cols, sg3,
-                        mask, L, FLAT, BLOCK)
-    yr, yi = _load_pair(y_ptr, i0 * sy0 + i1 * sy1 + i2 * sy2, start, cols, sy3,
-                        mask, L, FLAT, BLOCK)
-    kr, ki = _load_pair(k_ptr, i0 * sk0 + i1 * sk1 + i2 * sk2, start, cols, sk3,
-                        mask, L, FLAT, BLOCK)
-    k2, p, tik, live = _regularised_power(t_ptr, r_ptr, eps, i0, i1, i2, st0, st1, st2, st3,
-                                          sr0, sr1, sr2, sr3, cols, mask, kr, ki,
-                                          HAS_REG, T_CONST, BLOCK)
-    d = tl.where(tik, k2 + p, k2)
-    d2 = tl.where(live, d * d, 1.0)
-    inv2 = _reciprocal(d2, F32)
-    # gky = (g * k) * conj(y), in the operation order of the C++ code.
-    ar = gr * kr - gi * ki
-    ai = gr * ki + gi * kr
-    cr = ar * yr + ai * yi
-    ci = ai * yr - ar * yi
-    # -gky * k + conj(g) * y * p
-    ur = gr * yr + gi * yi
-    ui = gr * yi - gi * yr
-    gkr = (ci * ki - cr * kr + ur * p) * inv2
-    gki = (-(cr * ki) - ci * kr + ui * p) * inv2
-    gkr = tl.where(live, gkr, 0.0)
-    gki = tl.where(live, gki, 0.0)
-    gp = tl.where(live, -cr * inv2, 0.0)
-    _store_pair(gk_ptr, i0 * so0 + i1 * so1 + i2 * so2, start, cols, so3, mask, L, gkr, gki,
-                FLAT, BLOCK)
-    tl.store(gp_ptr + (i0 * sq0 + i1 * sq1 + i2 * sq2) + cols * sq3, gp, mask=mask)
+    i0, i1, i2, ch, s0, ns, start, cols = _coords(D1, D2, NBLK, NS, SPB, NCH, BLOCK, INT64)
+    if start + BLOCK <= L:
+        _solve_backward_block(gk_ptr, gp_ptr, g_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, i0, i1, i2, ch,
+                              s0, ns, start, cols, L, so0, so1, so2, so3, sq0, sq1, sq2, sq3,
+                              sg0, sg1, sg2, sg3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                              st0, st1, st2, st3, sr0, sr1, sr2, sr3, soc, sqc, sgs, sys, sts,
+                              HAS_REG, F32, T_CONST, FLAT, False, ALIGNED, BLOCK)
+    else:
+        _solve_backward_block(gk_ptr, gp_ptr, g_ptr, y_ptr, k_ptr, t_ptr, r_ptr, eps, i0, i1, i2, ch,
+                              s0, ns, start, cols, L, so0, so1, so2, so3, sq0, sq1, sq2, sq3,
+                              sg0, sg1, sg2, sg3, sy0, sy1, sy2, sy3, sk0, sk1, sk2, sk3,
+                              st0, st1, st2, st3, sr0, sr1, sr2, sr3, soc, sqc, sgs, sys, sts,
+                              HAS_REG, F32, T_CONST, FLAT, True, ALIGNED, BLOCK)
 
 
 # ---------------------------------------------------------------------------
@@ -263,6 +385,12 @@ def _spec_strides(t: torch.Tensor, shape: Sequence[int]) -> List[int]:
 #: (BLOCK, num_warps) forced for every launch, for tests (many blocks and
 #: masked tails on tiny shapes) and tuning (benchmarks/bench_gpu.py); None: automatic.
 BLOCK_OVERRIDE: Optional[Tuple[int, int]] = None
+#: Samples per program forced for every launch (tests: several chunks of
+#: looped samples on tiny shapes); None: automatic.
+SAMPLES_OVERRIDE: Optional[int] = None
+#: Programs per streaming multiprocessor the sample split aims at: enough
+#: resident warps to saturate DRAM with 4-warp programs.
+PROGRAMS_PER_SM = 16
 
 
 def _block(L: int, dtype: torch.dtype) -> Tuple[int, int]:
@@ -276,35 +404,95 @@ def _block(L: int, dtype: torch.dtype) -> Tuple[int, int]:
     return min(block, max(128, next_pow2(L))), 4
 
 
-def _launch(kernel, y: torch.Tensor, ptrs: Sequence[torch.Tensor], strides: Sequence[List[int]],
-            is_pair: Sequence[bool], scalars: Sequence, real_dtype: torch.dtype,
-            thresh_at: Optional[int] = None, **constexprs) -> None:
-    """Coalesce the iteration space of ``y.shape`` and launch ``kernel`` on it.
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
-    ``ptrs[i]`` is addressed with ``strides[i]``, in complex elements for
-    the spectra (``is_pair[i]``; their float offsets are twice that, plus 1)
-    and in elements for the real operands.
+
+def _target_programs(device: torch.device) -> int:
+    """Programs worth launching before samples are split over programs."""
+    if device.type != "cuda":
+        return 1  # the interpreter: one program per block, all samples in it
+    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None
+                                       else torch.cuda.current_device())
+
+
+class LaunchPlan(NamedTuple):
+    """Everything a launch needs, derived from shapes and strides alone (so
+    the offset arithmetic can be checked at sizes no test machine holds)."""
+
+    ns: int                      # samples looped over in registers
+    loop: List[int]              # each operand's stride along them
+    spb: int                     # samples per program
+    nch: int                     # chunks of samples (programs per block)
+    block: int
+    warps: int
+    int64: bool                  # 64-bit index arithmetic
+    aligned: bool                # every complex row start is 16-byte aligned (complex64)
+    launches: List[Tuple[List[int], List[int], List[List[int]], int, int]]
+    # per launch: (operand offsets, (D0, D1, D2, L), strides, blocks per row, grid)
+
+
+def plan_launch(shape: Sequence[int], strides: Sequence[List[int]], is_pair: Sequence[bool],
+                shared: Sequence[int], dtype: torch.dtype, target: int,
+                chunk: Optional[Sequence[int]] = None, loop: Optional[Sequence[int]] = None
+                ) -> LaunchPlan:
+    """Plan the launches over the iteration space ``shape`` (y's shape).
+
+    ``strides[i]`` addresses operand ``i`` (complex elements where
+    ``is_pair[i]``); the ``shared`` operands (stride 0 along the looped
+    samples) are read once per block of samples; ``chunk[i]`` is operand
+    ``i``'s stride between chunks of samples (the partial-sum buffers of the
+    backward, 0 for the others); ``loop``: the dims to loop over (default
+    :func:`loop_dims`).
     """
-    shape, st = coalesce(list(y.shape), strides)
-    int64 = needs_int64(shape, [[2 * x for x in s] if pair else s for s, pair in zip(st, is_pair)],
-                        extra=1)
-    for offs, sh, st_in in split_outer(shape, st, MAX_LEAD + 1):
-        D0, D1, D2, L = sh
-        block, warps = _block(L, real_dtype)
-        nblk = triton.cdiv(L, block)
-        grid = (D0 * D1 * D2 * nblk,)
+    if loop is None:
+        loop = loop_dims(shape, strides, shared)
+    ns, loop_st, sh, st = loop_space(shape, strides, loop, shared)
+    chunk = list(chunk) if chunk is not None else [0] * len(strides)
+    inner = list(split_outer(sh, st, MAX_LEAD + 1))
+    D0, D1, D2, L = inner[0][1]
+    block, warps = _block(L, dtype)
+    nblk = triton.cdiv(L, block)
+    spb, nch = split_samples(ns, D0 * D1 * D2 * nblk, target, SAMPLES_OVERRIDE)
+    twice = lambda s, pair: [2 * x for x in s] if pair else list(s)  # noqa: E731  (float units)
+    int64 = needs_int64([ns, nch] + list(sh),
+                        [twice([ls, c] + list(s), pair)
+                         for ls, c, s, pair in zip(loop_st, chunk, st, is_pair)], extra=1)
+    launches = []
+    aligned = True
+    for offs, shape_in, st_in in inner:
+        grid = shape_in[0] * shape_in[1] * shape_in[2] * nblk * nch
+        launches.append((offs, shape_in, st_in, nblk, grid))
+        for o, s, ls, c, pair in zip(offs, st_in, loop_st, chunk, is_pair):
+            if pair and any(x % 2 for x in [o, ls, c] + list(s[:-1])):
+                aligned = False
+    return LaunchPlan(ns, loop_st, spb, nch, block, warps, int64, aligned, launches)
+
+
+def _launch(kernel, plan: LaunchPlan, ptrs: Sequence[torch.Tensor], is_pair: Sequence[bool],
+            scalars: Sequence, thresh_at: Optional[int] = None, chunk: Sequence[int] = (),
+            **constexprs) -> None:
+    """Launch ``kernel`` as ``plan`` says; ``ptrs[i]`` is addressed with the
+    plan's strides, in complex elements for the spectra (``is_pair[i]``)."""
+    for offs, (D0, D1, D2, L), st_in, nblk, grid in plan.launches:
         args = [at_offset(p, 2 * o if pair else o) for p, o, pair in zip(ptrs, offs, is_pair)]
         # Every spectrum contiguous along the vectorised dim: flat 16-byte accesses.
         unit = all(s[-1] == 1 for s, pair in zip(st_in, is_pair) if pair)
         strides_flat = [s for op in st_in for s in op]
         if thresh_at is not None:  # a threshold constant along the block: scalar read
             constexprs["T_CONST"] = st_in[thresh_at][-1] == 0
-        kernel[grid](*args, *scalars, D1, D2, L, nblk, *strides_flat, FLAT=unit, INT64=int64,
-                     BLOCK=block, num_warps=warps, **constexprs)
+        # enable_fp_fusion=False: products are rounded before they are
+        # summed, as in the C++ kernels and the reference, so |K|^2 > thresh
+        # decides exact ties alike (an FMA keeps kr * kr unrounded).
+        kernel[(grid,)](*args, *scalars, D1, D2, L, nblk, plan.ns, plan.spb, plan.nch,
+                        *strides_flat, *plan.loop, *chunk, FLAT=unit,
+                        ALIGNED=unit and plan.aligned, INT64=plan.int64, BLOCK=plan.block,
+                        num_warps=plan.warps, enable_fp_fusion=False, **constexprs)
 
 
 def _run_solve(out: torch.Tensor, y: torch.Tensor, k: torch.Tensor, reg: Optional[torch.Tensor],
-               eps: float, thresh: torch.Tensor) -> None:
+               eps: float, thresh: torch.Tensor, scale: float) -> None:
     """Check the operands (as ``run_solve`` in C++) and solve into ``out``,
     which is a new tensor or ``y`` itself (element-wise, so in place is safe)."""
     _check_spectrum(y, "y")
@@ -342,13 +530,15 @@ def _run_solve(out: torch.Tensor, y: torch.Tensor, k: torch.Tensor, reg: Optiona
     strides = [_spec_strides(out, shape), _spec_strides(y, shape), _spec_strides(k, shape),
                broadcast_strides(thresh, shape),
                broadcast_strides(reg, shape) if reg is not None else [0] * len(shape)]
+    plan = plan_launch(shape, strides, _SOLVE_PAIRS, (2, 4), real, _target_programs(y.device))
     with on_device(y):
-        _launch(_solve_kernel, y, (o, yv, kv, thresh, r), strides, _SOLVE_PAIRS, (float(eps),), real, 3,
-                HAS_REG=reg is not None, F32=real == torch.float32, K_CONJ=k_conj)
+        _launch(_solve_kernel, plan, (o, yv, kv, thresh, r), _SOLVE_PAIRS,
+                (float(eps), float(scale)), 3, HAS_REG=reg is not None, F32=real == torch.float32,
+                K_CONJ=k_conj)
 
 
 def spectral_solve(y: torch.Tensor, k: torch.Tensor, reg: Optional[torch.Tensor], eps: float,
-                   thresh: torch.Tensor) -> torch.Tensor:
+                   thresh: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Fused regularised solve, one pass: ``torch.ops.deconv_ext.spectral_solve``.
 
     Per frequency, with ``p = eps * reg`` (``eps`` where ``reg`` is None):
@@ -366,18 +556,22 @@ def spectral_solve(y: torch.Tensor, k: torch.Tensor, reg: Optional[torch.Tensor]
     eps : float >= 0
     thresh : real Tensor broadcastable to y
         The threshold on ``|K|^2``, ``(rcond * sigma_max)^2``.
+    scale : float
+        Multiplies X (folded into the reciprocal: ``scale / den``). Not part
+        of the op's schema: the CUDA pipeline passes ``1 / (H W)`` so that
+        its inverse FFT needs no normalisation pass.
 
     Returns
     -------
     complex Tensor (..., H, Wf), new and contiguous.
     """
     out = torch.empty(y.shape, dtype=y.dtype, device=y.device) if isinstance(y, torch.Tensor) else y
-    _run_solve(out, y, k, reg, eps, thresh)
+    _run_solve(out, y, k, reg, eps, thresh, scale)
     return out
 
 
 def spectral_solve_(y: torch.Tensor, k: torch.Tensor, reg: Optional[torch.Tensor], eps: float,
-                    thresh: torch.Tensor) -> None:
+                    thresh: torch.Tensor, scale: float = 1.0) -> None:
     """In-place :func:`spectral_solve`: overwrites ``y`` with ``X``
     (``torch.ops.deconv_ext.spectral_solve_``); saves a spectrum-sized buffer.
 
@@ -385,17 +579,17 @@ def spectral_solve_(y: torch.Tensor, k: torch.Tensor, reg: Optional[torch.Tensor
     ----------
     y : complex Tensor (..., H, Wf), written in place
         Any strides without internal overlap; not lazily conjugated.
-    k, reg, eps, thresh : as for :func:`spectral_solve`
+    k, reg, eps, thresh, scale : as for :func:`spectral_solve`
     """
     if isinstance(y, torch.Tensor) and y.is_conj():
         raise RuntimeError("spectral_solve_: y must not carry a lazy conjugate bit")
     if isinstance(y, torch.Tensor) and any(n > 1 and s == 0 for n, s in zip(y.shape, y.stride())):
         raise RuntimeError("spectral_solve_: y has internal overlap (a broadcast/expanded "
                            "tensor); every element must have its own memory")
-    _run_solve(y, y, k, reg, eps, thresh)
+    _run_solve(y, y, k, reg, eps, thresh, scale)
 
 
-def spectral_mul(y: torch.Tensor, k: torch.Tensor, conj: bool) -> torch.Tensor:
+def spectral_mul(y: torch.Tensor, k: torch.Tensor, conj: bool, scale: float = 1.0) -> torch.Tensor:
     """``K * Y`` (the forward blur) or ``conj(K) * Y`` (its adjoint), one pass.
 
     Parameters
@@ -403,6 +597,8 @@ def spectral_mul(y: torch.Tensor, k: torch.Tensor, conj: bool) -> torch.Tensor:
     y : complex Tensor (..., H, Wf)
     k : complex Tensor broadcastable to y, same dtype
     conj : bool
+    scale : float
+        Multiplies the product (not in the op's schema; see :func:`spectral_solve`).
 
     Returns
     -------
@@ -424,10 +620,12 @@ def spectral_mul(y: torch.Tensor, k: torch.Tensor, conj: bool) -> torch.Tensor:
         k, conj = k.conj(), not conj
     shape = list(y.shape)
     strides = [_spec_strides(out, shape), _spec_strides(y, shape), _spec_strides(k, shape)]
+    pairs = (True, True, True)
+    plan = plan_launch(shape, strides, pairs, (2,), _REAL[y.dtype], _target_programs(y.device))
     with on_device(y):
-        _launch(_mul_kernel, y, (torch.view_as_real(out), torch.view_as_real(y),
-                                 torch.view_as_real(k)), strides,
-                (True, True, True), (), _REAL[y.dtype], CONJ=bool(conj))
+        _launch(_mul_kernel, plan, (torch.view_as_real(out), torch.view_as_real(y),
+                                    torch.view_as_real(k)), pairs, (float(scale),),
+                CONJ=bool(conj), SCALED=float(scale) != 1.0)
     return out
 
 
@@ -435,6 +633,13 @@ def spectral_solve_backward(grad: torch.Tensor, y: torch.Tensor, k: torch.Tensor
                             reg: Optional[torch.Tensor], eps: float, thresh: torch.Tensor
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`spectral_solve` w.r.t. ``k`` and ``reg``.
+
+    The dims along which both k and reg are broadcast (the samples sharing a
+    spectrum) are summed inside the kernel, into partial sums of y's size
+    over those samples (k's size when k is shared by whole samples); only
+    the rare remainder (k or reg broadcast where the other is not, or along
+    dims that do not coalesce with the looped ones) is summed by torch, on
+    those partial sums.
 
     Parameters
     ----------
@@ -465,33 +670,51 @@ def spectral_solve_backward(grad: torch.Tensor, y: torch.Tensor, k: torch.Tensor
         raise RuntimeError(f"spectral_solve_backward: dtypes differ (grad {grad.dtype}, y {y.dtype}, "
                            f"k {k.dtype}, thresh {thresh.dtype}"
                            f"{'' if reg is None else f', reg {reg.dtype}'})")
-    gk_full = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-    gp_full = torch.empty(y.shape, dtype=real, device=y.device)
-    if y.numel() > 0:
-        shape = list(y.shape)
-        r = reg if reg is not None else thresh
-        grad, y, k = grad.resolve_conj(), y.resolve_conj(), k.resolve_conj()
-        ptrs = (torch.view_as_real(gk_full), gp_full, torch.view_as_real(grad), torch.view_as_real(y),
-                torch.view_as_real(k),
-                thresh, r)
-        strides = [_spec_strides(gk_full, shape), broadcast_strides(gp_full, shape),
-                   _spec_strides(grad, shape), _spec_strides(y, shape), _spec_strides(k, shape),
-                   broadcast_strides(thresh, shape),
-                   broadcast_strides(reg, shape) if reg is not None else [0] * len(shape)]
-        with on_device(y):
-            _launch(_solve_backward_kernel, y, ptrs, strides, _BACKWARD_PAIRS, (float(eps),), real, 5,
-                    HAS_REG=reg is not None, F32=real == torch.float32)
-    else:
-        gk_full.zero_()
-        gp_full.zero_()
-    # The broadcast dims are reduced by torch (a reduction, not per-element
-    # maths), exactly as the C++ op does with at::sum_to.
-    gk = gk_full.sum_to_size(k.shape).contiguous()
+    shape = list(y.shape)
+    if y.numel() == 0:
+        gk = torch.zeros(k.shape, dtype=k.dtype, device=y.device)
+        greg = (torch.zeros(reg.shape, dtype=real, device=y.device) if reg is not None
+                else torch.zeros((), dtype=real, device=y.device))
+        return gk, greg
+    grad, y, k = grad.resolve_conj(), y.resolve_conj(), k.resolve_conj()
+    kst = _spec_strides(k, shape)
+    rst = broadcast_strides(reg, shape) if reg is not None else [0] * len(shape)
+    ins = [_spec_strides(grad, shape), _spec_strides(y, shape), kst,
+           broadcast_strides(thresh, shape), rst]
+    loop = loop_dims(shape, ins, (2, 4))
+    # The partial sums: y's shape with the looped dims summed away, one per chunk.
+    part = [1 if d in loop else n for d, n in enumerate(shape)]
+    pst = [0 if n == 1 else s for n, s in zip(part, contiguous_strides(part))]
+    numel = math.prod(part)
+    pairs = _BACKWARD_PAIRS
+    strides = [pst, pst] + ins
+    plan = plan_launch(shape, strides, pairs, (0, 1, 4, 6), real, _target_programs(y.device),
+                       chunk=[numel, numel, 0, 0, 0, 0, 0], loop=loop)
+    if plan.ns != math.prod(shape[d] for d in loop):  # the buffers assume exactly these
+        raise AssertionError(f"looped samples {plan.ns} != dims {loop} of {shape}")
+    gk_part = torch.empty((plan.nch, *part), dtype=y.dtype, device=y.device)
+    gp_part = torch.empty((plan.nch, *part), dtype=real, device=y.device)
+    r = reg if reg is not None else thresh
+    ptrs = (torch.view_as_real(gk_part), gp_part, torch.view_as_real(grad), torch.view_as_real(y),
+            torch.view_as_real(k), thresh, r)
+    with on_device(y):
+        _launch(_solve_backward_kernel, plan, ptrs, pairs, (float(eps),), 5, chunk=(numel, numel),
+                HAS_REG=reg is not None, F32=real == torch.float32)
+    gk_full = gk_part[0] if plan.nch == 1 else gk_part.sum(0)
+    gp_full = gp_part[0] if plan.nch == 1 else gp_part.sum(0)
+    gk = _sum_to(gk_full, k.shape)
     if reg is not None:
-        greg = (gp_full.sum_to_size(reg.shape) * eps).contiguous()
+        greg = (_sum_to(gp_full, reg.shape) * eps).contiguous()
     else:
         greg = gp_full.sum()
     return gk, greg
+
+
+def _sum_to(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``t.sum_to_size(shape)``, contiguous; a reshape when nothing is left to sum."""
+    if t.numel() == math.prod(shape):
+        return t.reshape(shape).contiguous()
+    return t.sum_to_size(list(shape)).contiguous()
 
 
 def spectral_mul_grad_k(grad: torch.Tensor, y: torch.Tensor, k_shape: Sequence[int],

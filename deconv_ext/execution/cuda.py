@@ -99,9 +99,12 @@ def register() -> None:
         "padded_deconv2d": functools.partial(_padded_deconv2d, ops),
         "dct_solve": _dct_solve,
     }
-    for name in _PIPELINES:
-        # torch.fft (cuFFT) around the per-frequency ops (Triton).
-        composed[name] = functools.partial(getattr(torch_pipeline, name), ops)
+    if tk is not None:
+        for name in _PIPELINES:
+            # torch.fft (cuFFT) around the Triton launchers themselves: their
+            # ``scale`` keyword (not in the op schemas) folds irfft2's 1/(H W)
+            # into the per-frequency pass.
+            composed[name] = functools.partial(getattr(torch_pipeline, name), tk)
     for name, fn in composed.items():
         torch.library.register_kernel(f"deconv_ext::{name}", "cuda", fn)
 
