@@ -54,6 +54,6 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["deconv-ext=deconv_ext.cli:main"]},
+    entry_points={"console_scripts": ["deconv-ext=deconv_ext.app.cli:main"]},
     zip_safe=False,
 )

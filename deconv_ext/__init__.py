@@ -1,6 +1,6 @@
 """deconv_ext: fast, exact pseudo-inverses of 2D convolutions for PyTorch.
 
-Public names only; see DESIGN.md section 3 and each function's docstring.
+Public names only; each function's docstring is its reference.
 """
 from . import _ops  # noqa: F401  (registers fake kernels, autograd, CUDA kernels)
 from .functional import (conv2d_cond, conv2d_opnorm, conv2d_pinv, conv2d_svdvals, convolve,

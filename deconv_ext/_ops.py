@@ -25,6 +25,8 @@ __all__ = ["available", "require", "load_error", "ops"]
 
 _LOAD_ERROR: Optional[BaseException] = None
 try:  # importing the extension registers the op schemas and CPU kernels
+    from .build_check import check_build
+    check_build()  # built for another torch: a clear ImportError instead of a bad load
     from . import _C  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     _LOAD_ERROR = exc
