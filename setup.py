@@ -1,14 +1,18 @@
-"""Builds deconv_ext and its C++ CPU extension deconv_ext._C.
+"""Builds the C++ CPU extension deconv_ext._C; the package's metadata is in pyproject.toml.
 
 Build against the torch already installed in the environment:
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .          # editable (a checkout)
+    pip wheel --no-build-isolation --no-deps .     # a wheel for this torch
 
-The Triton kernels live in the top-level folder ``triton_kernels/`` of the
-repository but are shipped as ``deconv_ext.triton_kernels``: the top-level
-import name ``triton_kernels`` belongs to another project.
+With ninja installed (``pip install ninja``) the sources compile in parallel
+(``MAX_JOBS`` sets how many at once; default: all cores); without it, one
+after another. The torch compiled against is recorded in
+``deconv_ext/_build_info.py`` (see deconv_ext/build_check.py), so a later
+import under another torch fails with a message saying how to rebuild.
 """
 import glob
+import importlib.util
 import os
 import sysconfig
 
@@ -17,6 +21,18 @@ from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _record_build_info() -> None:
+    # By file path: importing the package would load the extension being built.
+    spec = importlib.util.spec_from_file_location(
+        "_deconv_ext_build_check", os.path.join(HERE, "deconv_ext", "build_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_build_info(os.path.join(HERE, "deconv_ext"))
+
+
+_record_build_info()
 
 cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
 if os.environ.get("DECONV_EXT_NATIVE", "0") == "1":
@@ -35,14 +51,6 @@ if (os.environ.get("DECONV_EXT_MKL_DFTI", "1") != "0" and torch.backends.mkl.is_
     macros.append(("DECONV_EXT_MKL_DFTI", "1"))
 
 setup(
-    name="deconv_ext",
-    version="0.1.0",
-    description="Fast, exact pseudo-inverses and Tikhonov/Wiener inverses of 2D convolutions "
-    "for PyTorch (CPU C++ extension, GPU Triton kernels).",
-    license="BSD-3-Clause",
-    python_requires=">=3.10",
-    packages=["deconv_ext", "deconv_ext.triton_kernels"],
-    package_dir={"deconv_ext": "deconv_ext", "deconv_ext.triton_kernels": "triton_kernels"},
     ext_modules=[
         CppExtension(
             "deconv_ext._C",
@@ -54,6 +62,4 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["deconv-ext=deconv_ext.cli:main"]},
-    zip_safe=False,
 )

@@ -1,6 +1,6 @@
-"""``python -m deconv_ext``: the command line (see :mod:`deconv_ext.cli`)."""
+"""``python -m deconv_ext``: the command line (see :mod:`deconv_ext.app.cli`)."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

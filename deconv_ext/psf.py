@@ -5,28 +5,15 @@ blur conserves the image's total intensity) and follows the library's image
 convention: its origin is the pixel ``(kh // 2, kw // 2)``, which for the odd
 sizes chosen by default is the centre. Pass one to
 :func:`deconv_ext.deconvolve` / :func:`deconv_ext.convolve`.
-
-:func:`parse_spec` turns the command line's ``--psf`` strings
-(``gaussian:SIGMA[,SIZE]``, ``box:SIZE``, ``motion:LENGTH,ANGLE``,
-``disk:RADIUS`` or a file) into one of these tensors.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
-__all__ = ["gaussian", "box", "motion", "disk", "parse_spec", "PSFSpecError", "SPEC_HELP"]
-
-SPEC_HELP = ("gaussian:SIGMA[,SIZE], box:SIZE, motion:LENGTH,ANGLE, disk:RADIUS, "
-             "or a PSF file (.npy or an image)")
-
-
-class PSFSpecError(ValueError):
-    """A ``--psf`` string or PSF file that cannot be turned into a PSF."""
+__all__ = ["gaussian", "box", "motion", "disk"]
 
 
 def _positive(name: str, value: float) -> float:
@@ -170,89 +157,3 @@ def disk(radius: float, size: Optional[int] = None,
     inside = (yy[:, None] ** 2 + yy[None, :] ** 2) <= radius ** 2
     k = inside.to(torch.float64).reshape(n, sub, n, sub).mean(dim=(1, 3))
     return _normalised(k, dtype)
-
-
-_CONSTRUCTORS = {
-    "gaussian": (gaussian, (1, 2), "gaussian:SIGMA[,SIZE]"),
-    "box": (box, (1, 1), "box:SIZE"),
-    "motion": (motion, (1, 2), "motion:LENGTH,ANGLE"),
-    "disk": (disk, (1, 1), "disk:RADIUS"),
-}
-
-
-def _number(text: str, spec: str, integer: bool = False):
-    try:
-        v = float(text)
-    except ValueError:
-        raise PSFSpecError(f"--psf {spec!r}: {text!r} is not a number") from None
-    if integer:
-        if v != int(v):
-            raise PSFSpecError(f"--psf {spec!r}: {text!r} must be a whole number of pixels")
-        return int(v)
-    return v
-
-
-def _from_file(path: str, dtype: torch.dtype) -> torch.Tensor:
-    # Local import: psf.py stays usable without the image readers' optional
-    # dependencies as long as no file is given.
-    from .image_io import ImageError, read_image
-
-    try:
-        arr = read_image(path)
-    except ImageError as exc:
-        raise PSFSpecError(f"--psf {path!r}: {exc}") from None
-    arr = np.asarray(arr, dtype=np.float64)
-    if arr.ndim == 3:
-        # A colour picture of a PSF: its brightness is the PSF.
-        arr = arr[..., :3].mean(axis=-1)
-    if arr.ndim != 2:
-        raise PSFSpecError(f"--psf {path!r}: expected a 2D kernel, got shape {arr.shape}")
-    if not np.isfinite(arr).all() or arr.min() < 0:
-        raise PSFSpecError(f"--psf {path!r}: a PSF must be finite and non-negative")
-    total = arr.sum()
-    if total <= 0:
-        raise PSFSpecError(f"--psf {path!r}: the PSF sums to {total:g}; expected > 0")
-    return torch.from_numpy(arr / total).to(dtype)
-
-
-def parse_spec(spec: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Turn a ``--psf`` string into a PSF tensor normalised to sum 1.
-
-    Parameters
-    ----------
-    spec : str
-        ``gaussian:SIGMA[,SIZE]``, ``box:SIZE``, ``motion:LENGTH,ANGLE``,
-        ``disk:RADIUS``, or the path of a ``.npy`` array or an image (a colour
-        image is averaged over its channels); a file must be non-negative and
-        is normalised to sum 1.
-    dtype : torch.dtype, default float32
-
-    Returns
-    -------
-    Tensor (kh, kw)
-
-    Raises
-    ------
-    PSFSpecError
-        With a one-line message naming the spec and what was expected.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise PSFSpecError(f"--psf {spec!r}: expected {SPEC_HELP}")
-    kind, sep, args = spec.strip().partition(":")
-    if sep and kind.lower() in _CONSTRUCTORS:
-        fn, (lo, hi), usage = _CONSTRUCTORS[kind.lower()]
-        parts = [p.strip() for p in args.split(",")] if args.strip() else []
-        if not lo <= len(parts) <= hi:
-            raise PSFSpecError(f"--psf {spec!r}: expected {usage}")
-        integer = {"box": (True,), "gaussian": (False, True), "motion": (False, False),
-                   "disk": (False,)}[kind.lower()]
-        values = [_number(p, spec, integer=i) for p, i in zip(parts, integer)]
-        try:
-            return fn(*values, dtype=dtype)
-        except ValueError as exc:
-            raise PSFSpecError(f"--psf {spec!r}: {exc}") from None
-    if os.path.exists(spec):
-        return _from_file(spec, dtype)
-    if sep and not os.path.splitext(spec)[1]:
-        raise PSFSpecError(f"--psf {spec!r}: unknown PSF kind {kind!r}; expected {SPEC_HELP}")
-    raise PSFSpecError(f"--psf {spec!r}: not a known PSF kind and no such file; expected {SPEC_HELP}")

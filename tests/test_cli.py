@@ -1,6 +1,6 @@
 """The command line end to end: deblur round trips, demo, bad input, --help.
 
-Commands run in-process through ``deconv_ext.cli.main(argv)`` (fast), plus
+Commands run in-process through ``deconv_ext.app.cli.main(argv)`` (fast), plus
 one real ``python -m deconv_ext --help`` subprocess for the entry point.
 
 The round-trip scene is a smooth synthetic image (sinusoid plus Gaussian
@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 import deconv_ext as dx
-from deconv_ext import cli
-from deconv_ext.image_io import read_image
+from deconv_ext.app import bench, cli
+from deconv_ext.app.image_io import read_image
 
 PSNR_BOUND = 38.0
 SIGMA = 1.5
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _scene(h=96, w=80, seed=7) -> np.ndarray:
@@ -242,15 +242,18 @@ def test_boundary_choices_follow_the_library(capsys):
         assert b in text
 
 
-def test_unavailable_boundary_is_one_line(tmp_path, capsys, sharp):
-    missing = [b for b in cli._boundaries() if cli.boundary_problem(b)]
-    if not missing:
-        pytest.skip("every boundary is implemented in this build")
-    src = tmp_path / "in.png"
-    Image.fromarray(_quantise(sharp, np.uint8)).save(src)
-    rc, _, err = _run(["deblur", src, "-o", tmp_path / "out", "--psf", "box:3",
-                       "--boundary", missing[0]], capsys)
-    assert rc == 2 and len(err) == 1 and missing[0] in err[0]
+def test_refused_solver_combination_is_one_line_for_the_batch(tmp_path, capsys, sharp):
+    # The DCT solve needs a PSF symmetric in each axis; a motion blur at 30
+    # degrees is not: one message for the whole batch, nothing written.
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_quantise(sharp, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", tmp_path / "a.png", tmp_path / "b.png", "-o", out,
+                       "--psf", "motion:7,30", "--boundary", "symmetric", "--solver", "dct",
+                       "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 1
+    assert "--solver dct" in err[0] and "motion:7,30" in err[0]
+    assert not out.exists()
 
 
 def test_demo_writes_its_figure(tmp_path, capsys):
@@ -271,8 +274,6 @@ def test_demo_writes_its_figure(tmp_path, capsys):
 
 
 def test_bench_builtin_table(capsys, monkeypatch):
-    from deconv_ext import bench
-
     monkeypatch.setattr(bench, "QUICK_SHAPES", [(2, 1, 64, 48)])
     rc, out, err = _run(["bench", "--builtin", "--quick"], capsys)
     assert rc == 0 and "2x1x64" in out
@@ -291,7 +292,8 @@ def test_help(capsys, argv):
 
 
 def test_module_entry_point_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "deconv_ext", "--help"], cwd=REPO,
+    # cwd: the tests folder, so the deconv_ext found is the one installed (or on PYTHONPATH)
+    proc = subprocess.run([sys.executable, "-m", "deconv_ext", "--help"], cwd=TESTS,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "deblur" in proc.stdout and "demo" in proc.stdout and "bench" in proc.stdout
@@ -299,11 +301,45 @@ def test_module_entry_point_subprocess():
 
 def test_bench_runs_the_cpu_script_without_touching_results(monkeypatch):
     """`deconv-ext bench` prints only: the script gets --no-append (and --quick)."""
-    from deconv_ext import bench
-
+    if bench.find_script("cpu") is None:
+        pytest.skip("not a source checkout: no benchmarks/bench_cpu.py next to the package")
     calls = []
     monkeypatch.setattr(bench.subprocess, "call", lambda argv: calls.append(argv) or 0)
     assert bench.run_bench("cpu", quick=True) == 0
     (argv,) = calls
     assert argv[1].endswith("bench_cpu.py")
     assert "--no-append" in argv and "--quick" in argv
+
+
+class _Parsed(Exception):
+    """Raised instead of running a benchmark, once its command line has parsed."""
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("quick", [False, True])
+def test_bench_flags_are_accepted_by_the_scripts(monkeypatch, device, quick):
+    """The flags `bench` passes parse with each script's own parser (nothing is run)."""
+    import argparse
+    import importlib.util
+
+    script = bench.find_script(device)
+    if script is None:
+        pytest.skip("not a source checkout: no benchmarks/ next to the package")
+    argv = bench.script_argv(device, script, quick)
+    assert argv[:2] == [sys.executable, script]
+    spec = importlib.util.spec_from_file_location(f"_bench_script_{device}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(_Parsed) as parsed:
+        module.main(argv[2:])
+    ns = vars(parsed.value.args[0])
+    if device == "cpu":
+        assert ns["no_append"] is True and ns["quick"] is quick
+    else:
+        assert ns["reps"] == (5 if quick else None)

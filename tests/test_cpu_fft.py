@@ -18,7 +18,9 @@ import torch
 
 from deconv_ext import _C
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run in the tests folder: they import the deconv_ext under test
+# (installed, or on PYTHONPATH), never a source tree's by accident.
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def filter2d_oracle(x: torch.Tensor, k: torch.Tensor, conj: bool) -> np.ndarray:
@@ -128,7 +130,7 @@ print("ok")
 def test_torch_fft_fallback_equals_scipy():
     """DECONV_EXT_MKL=0: the torch.fft route (builds of torch without MKL take it)."""
     env = dict(os.environ, DECONV_EXT_MKL="0")
-    proc = subprocess.run([sys.executable, "-c", FALLBACK], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", FALLBACK], cwd=TESTS, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"

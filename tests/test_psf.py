@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deconv_ext import psf as P
+from deconv_ext.app.psf_spec import PSFSpecError, parse_spec
 
 
 def _centroid(k: torch.Tensor):
@@ -52,11 +53,11 @@ def test_disk_radius():
                                            ("box:5", P.box(5)), ("motion:9,30", P.motion(9, 30)),
                                            ("DISK:2.5", P.disk(2.5))])
 def test_parse_spec(spec, expected):
-    assert torch.equal(P.parse_spec(spec), expected)
+    assert torch.equal(parse_spec(spec), expected)
 
 
 @pytest.mark.parametrize("spec", ["", "foo:1", "box:", "box:1.5", "gaussian:0", "motion:3,4,5",
                                   "disk:inf", "nofile.npy"])
 def test_parse_spec_errors(spec):
-    with pytest.raises(P.PSFSpecError):
-        P.parse_spec(spec)
+    with pytest.raises(PSFSpecError):
+        parse_spec(spec)

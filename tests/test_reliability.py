@@ -487,13 +487,13 @@ def test_bit_identical_across_processes():
     """Run to run: a fresh interpreter computes the same bytes."""
     # Same machine AND same thread count (FFT rounding may depend on the split).
     code = (f"import sys, hashlib, torch; torch.set_num_threads({torch.get_num_threads()});"
-            "sys.path.insert(0, 'tests');"
+            "sys.path.insert(0, '.');"
             "import test_reliability as t;"
             "print(hashlib.sha256(b''.join(o.numpy().tobytes() for o in "
             "t._deterministic_outputs())).hexdigest())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tests = os.path.dirname(os.path.abspath(__file__))  # not the source tree: see test_cpu_fft
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tests, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import hashlib

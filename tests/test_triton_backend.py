@@ -533,3 +533,14 @@ def test_cuda_row_past_int32():
     close(got, expect[[0, 0, 0, 1]], 1e-6, 1e-6)
     del y
     torch.cuda.empty_cache()
+
+
+def test_launchers_report_a_device_mismatch_as_the_cpp_ops_do():
+    """Errors from inside ops are RuntimeError, from C++ and Triton alike."""
+    y = torch.ones(4, 3, dtype=torch.complex64)
+    k = torch.ones(4, 3, dtype=torch.complex64, device="meta")
+    thr = torch.zeros(())
+    with pytest.raises(RuntimeError, match="is on meta"):
+        tk.spectral_solve(y, k, None, 0.1, thr)
+    with pytest.raises(RuntimeError, match="is on meta"):
+        tk_pad._check_same_device(torch.ones(1), "x", torch.ones(1, device="meta"), "out")

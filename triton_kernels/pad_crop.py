@@ -339,7 +339,7 @@ def _out_kind(src: torch.dtype, dst: torch.dtype) -> int:
 
 def _check_same_device(a: torch.Tensor, name: str, b: torch.Tensor, other: str) -> None:
     if a.device != b.device:
-        raise ValueError(f"{name} is on {a.device} but {other} is on {b.device}")
+        raise RuntimeError(f"{name} is on {a.device} but {other} is on {b.device}")
 
 
 def pad(x: torch.Tensor, top: int, left: int, height: int, width: int, mode: str) -> torch.Tensor:

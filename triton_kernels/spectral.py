@@ -371,8 +371,8 @@ def _check_device(y: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
     """A mixed-device call is a clear error here, not a fault inside a kernel."""
     for name, t in others.items():
         if t is not None and t.device != y.device:
-            raise ValueError(f"{name} is on {t.device} but y is on {y.device}; expected all "
-                             f"tensors of the call on one device")
+            raise RuntimeError(f"{name} is on {t.device} but y is on {y.device}; expected all "
+                               f"tensors of the call on one device")
 
 
 

@@ -11,8 +11,10 @@ from typing import Optional
 import torch
 
 from .. import config
+from ..build_check import check_build
 
-__all__ = ["available", "require", "load_error", "ops", "cpp", "mkl_dfti_enabled", "BUILD_HINT"]
+__all__ = ["available", "require", "load_error", "ops", "cpp", "mkl_dfti_enabled",
+           "extension_path", "BUILD_HINT"]
 
 BUILD_HINT = (
     "the C++ extension deconv_ext._C is not built. Build it with "
@@ -21,6 +23,7 @@ BUILD_HINT = (
 
 _LOAD_ERROR: Optional[BaseException] = None
 try:
+    check_build()  # built for another torch: a clear ImportError instead of a bad load
     from .. import _C as cpp  # the pybind11 module: eager fast paths only
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     cpp = None
@@ -46,6 +49,11 @@ def require() -> None:
     """Raise a RuntimeError that says how to build, if the ops do not exist."""
     if _LOAD_ERROR is not None:
         raise RuntimeError(f"{BUILD_HINT} (import error: {_LOAD_ERROR})")
+
+
+def extension_path() -> Optional[str]:
+    """The file of the loaded extension (None without a build)."""
+    return None if cpp is None else cpp.__file__
 
 
 def mkl_dfti_enabled() -> bool:

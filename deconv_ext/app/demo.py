@@ -16,7 +16,11 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .functional import convolve, deconvolve
+from ..validation import BOUNDARIES
+from ..functional import convolve, deconvolve
+from ..psf import gaussian
+from .errors import UsageError
+from .image_io import read_image, to_unit_float
 
 __all__ = ["run_demo", "load_image", "psnr", "ssim", "Result"]
 
@@ -36,17 +40,13 @@ class Result:
 def load_image(name: str) -> np.ndarray:
     """A built-in image (``camera``, ``astronaut``, any ``skimage.data`` name) or a file,
     as float32 planes ``(C, H, W)`` in [0, 1]."""
-    from .image_io import read_image, to_unit_float
-
     if os.path.exists(name):
         arr = read_image(name)
     else:
-        import skimage.data
+        import skimage.data  # optional (the cli extra)
 
         loader = getattr(skimage.data, name, None)
         if loader is None or not callable(loader):
-            from .cli import UsageError
-
             raise UsageError(f"--image {name!r}: neither a file nor a skimage.data image "
                              f"(try camera or astronaut)")
         arr = np.asarray(loader())
@@ -61,11 +61,9 @@ def psnr(x: np.ndarray, truth: np.ndarray) -> float:
 
 
 def ssim(x: np.ndarray, truth: np.ndarray) -> float:
-    """Structural similarity (scikit-image), planes (C, H, W); NaN without scikit-image."""
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
-        return float("nan")
+    """Structural similarity (scikit-image), mean over the planes (C, H, W)."""
+    from skimage.metrics import structural_similarity  # optional (the cli extra)
+
     vals = [structural_similarity(t, np.clip(p, 0, 1), data_range=1.0) for p, t in zip(x, truth)]
     return float(np.mean(vals))
 
@@ -87,36 +85,22 @@ def _blur(sharp: torch.Tensor, psf: torch.Tensor, edges: str):
 
 
 def _configs(eps: float, psf: torch.Tensor):
-    """(label, deconvolve kwargs) of each restoration shown, and boundaries not available.
-
-    Boundaries and solvers are tried at run time: whatever this build of the
-    library implements is shown.
-    """
-    from . import validation as _validate
-    from .cli import boundary_problem
-
+    """(label, deconvolve kwargs) of each restoration shown."""
     rows = [("tikhonov", dict(eps=eps)),
             ("laplacian", dict(eps=eps, reg="laplacian")),
             ("pinv rcond=0.1", dict(method="pinv", rcond=0.1)),
             ("pinv (default rcond)", dict(method="pinv"))]
-    skipped = []
-    for b in _validate.BOUNDARIES:
-        if b == "circular":
-            continue
-        if boundary_problem(b) is None:
-            rows.append((f"laplacian, {b}", dict(eps=eps, reg="laplacian", boundary=b)))
-        else:
-            skipped.append(b)
+    rows += [(f"laplacian, {b}", dict(eps=eps, reg="laplacian", boundary=b))
+             for b in BOUNDARIES if b != "circular"]
     # The exact solvers, where they are quick: the DCT solve needs a PSF
     # symmetric in each axis, and CG converges fast on such a PSF thanks to
     # its DCT preconditioner (on a motion blur it can take minutes).
     symmetric = bool(torch.equal(psf, psf.flip(-1)) and torch.equal(psf, psf.flip(-2)))
-    if "symmetric" not in skipped and symmetric:
-        for solver in ("dct", "cg"):
-            if boundary_problem("symmetric", solver) is None:
-                rows.append((f"laplacian, symmetric, {solver}",
-                             dict(eps=eps, reg="laplacian", boundary="symmetric", solver=solver)))
-    return rows, skipped
+    if symmetric:
+        rows += [(f"laplacian, symmetric, {solver}",
+                  dict(eps=eps, reg="laplacian", boundary="symmetric", solver=solver))
+                 for solver in ("dct", "cg")]
+    return rows
 
 
 def _time_ms(fn, repeats: int = 3) -> float:
@@ -129,9 +113,9 @@ def _time_ms(fn, repeats: int = 3) -> float:
 
 
 def restore_all(blurred: torch.Tensor, truth: np.ndarray, psf: torch.Tensor,
-                eps: float) -> (List[Result], List[str]):
-    """Run every restoration on ``blurred``; returns the results and unavailable boundaries."""
-    configs, skipped = _configs(eps, psf.cpu())
+                eps: float) -> List[Result]:
+    """Run every restoration on ``blurred``; one Result per row of the table."""
+    configs = _configs(eps, psf.cpu())
     results = []
     for label, kw in configs:
         def once(kw=kw):
@@ -152,7 +136,7 @@ def restore_all(blurred: torch.Tensor, truth: np.ndarray, psf: torch.Tensor,
         ms = first if first > 200 else min(first, _time_ms(once))
         x = x.cpu().numpy()
         results.append(Result(label, x, psnr(x, truth), ssim(x, truth), ms))
-    return results, skipped
+    return results
 
 
 def format_table(blurred_row: Result, results: List[Result]) -> str:
@@ -176,7 +160,7 @@ def _display(planes: np.ndarray) -> np.ndarray:
 def save_figure(path: str, truth: np.ndarray, blurred_row: Result, results: List[Result],
                 title: str, psf_img: np.ndarray) -> str:
     """Write the side-by-side PNG (top: images, bottom: |error|); returns its path."""
-    import matplotlib
+    import matplotlib  # optional (the cli extra)
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
@@ -245,13 +229,9 @@ def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name
     -------
     (results, figure path)
     """
-    from .cli import UsageError
-
     device = device or torch.device("cpu")
     sharp = torch.from_numpy(load_image(image))
     if psf is None:
-        from .psf import gaussian
-
         psf, psf_name = gaussian(2.0), "gaussian:2"
     if psf.shape[-2] * 2 > sharp.shape[-2] or psf.shape[-1] * 2 > sharp.shape[-1]:
         raise UsageError(f"--psf {psf_name}: the PSF {tuple(psf.shape)} is too large for the "
@@ -264,15 +244,13 @@ def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name
     truth_np = truth.numpy().astype(np.float64)
     b_np = blurred.numpy()
     blurred_row = Result("blurred + noise", b_np, psnr(b_np, truth_np), ssim(b_np, truth_np))
-    results, skipped = restore_all(blurred.to(device), truth_np, psf.to(device), eps)
+    results = restore_all(blurred.to(device), truth_np, psf.to(device), eps)
     header = (f"deconv_ext demo: {image} {tuple(truth.shape)}, psf {psf_name} "
               f"{tuple(psf.shape)}, noise sigma {noise:g}, {edges} edges, eps {eps:g}, "
               f"device {device}")
     if verbose:
         print(header)
         print(format_table(blurred_row, results))
-        if skipped:
-            print(f"boundaries not available in this build: {', '.join(skipped)}")
     path = save_figure(out, truth_np, blurred_row, results, header, psf.cpu().numpy())
     if verbose:
         print(f"figure: {os.path.abspath(path)}")

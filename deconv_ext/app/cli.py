@@ -5,53 +5,43 @@ Subcommands:
 * ``demo``   blur a built-in image with a known PSF plus noise, restore it
   with each method, print a table and write a side-by-side figure;
 * ``deblur`` restore image files (or folders of them) given their PSF;
-* ``bench``  time the library against the bare FFT round trip.
+* ``bench``  time the library against the bare FFT round trip;
+* ``info``   versions, the extension's FFT route, devices, the FFT-choice cache.
 
 Every failure the user can cause (unreadable file, bad PSF, unwritable
-folder, ...) prints one line ``deconv-ext: error: ...`` on stderr and makes
-the exit status 2; in a batch the other images are still processed.
+folder, missing optional package, ...) prints one line
+``deconv-ext: error: ...`` on stderr and makes the exit status 2; in a batch
+the other images are still processed.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-PROG = "deconv-ext"
-EXIT_OK, EXIT_FAIL = 0, 2
+import numpy as np
+import torch
 
+from .. import __version__
+from ..validation import BOUNDARIES, METHODS, SOLVERS
+from ..functional import deconvolve
+from .bench import run_bench
+from .demo import run_demo
+from .errors import EXIT_FAIL, EXIT_OK, PROG, UsageError, error, require_optional
+from .image_io import (EXTENSIONS, ImageError, from_unit_float, is_image_path, read_image,
+                       to_unit_float, write_image)
+from .info import describe, format_info
+from .options import boundary_problem, resolve_device, solver_kwargs
+from .psf_spec import SPEC_HELP, PSFSpecError, parse_spec
 
-class UsageError(Exception):
-    """A problem with the command as a whole; reported in one line, exit 2."""
+__all__ = ["main", "build_parser"]
 
-
-def _validate_module():
-    from . import validation as _validate
-
-    return _validate
-
-
-def _boundaries() -> Sequence[str]:
-    # The names the library validates, so the CLI lists new ones as they land.
-    from . import validation as _validate
-
-    return tuple(_validate.BOUNDARIES)
-
-
-def _methods() -> Sequence[str]:
-    from . import validation as _validate
-
-    return tuple(_validate.METHODS)
-
-
-def error(message: str, write=None) -> None:
-    """Print one ``deconv-ext: error: ...`` line on stderr."""
-    line = f"{PROG}: error: {' '.join(str(message).split())}"
-    (write or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+#: The optional packages (the ``cli`` extra) each command imports.
+NEEDS = {"deblur": ("PIL", "tifffile", "tqdm"),
+         "demo": ("skimage", "matplotlib", "PIL", "tifffile")}
 
 
 # --------------------------------------------------------------------------
@@ -62,11 +52,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
-    from .psf import SPEC_HELP
-
     p.add_argument("--psf", metavar="SPEC", default="gaussian:2",
                    help=f"the blur's point-spread function: {SPEC_HELP}")
-    p.add_argument("--method", choices=_methods(), default="tikhonov",
+    p.add_argument("--method", choices=METHODS, default="tikhonov",
                    help="tikhonov: conj(K) Y / (|K|^2 + eps |R|^2); pinv: the Moore-Penrose "
                         "pseudo-inverse Y / K where |K| > rcond * max|K|")
     p.add_argument("--eps", type=float, default=1e-2,
@@ -78,11 +66,10 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rcond", type=float, default=None,
                    help="pinv cut-off relative to the largest |K| (default: 10 * max(H, W) * "
                         "machine epsilon, i.e. almost no cut-off)")
-    p.add_argument("--boundary", choices=_boundaries(), default="circular",
+    p.add_argument("--boundary", choices=BOUNDARIES, default="circular",
                    help="what the blur assumed beyond the image edges (names as in "
                         "torch.nn.functional.pad; 'symmetric' repeats the edge pixel)")
-    solvers = getattr(_validate_module(), "SOLVERS", None)
-    p.add_argument("--solver", default=None, choices=solvers,
+    p.add_argument("--solver", default=None, choices=SOLVERS,
                    help="how to solve (passed to deconvolve(solver=...)): 'fft' is the fast "
                         "solve (exact for circular; pads the image otherwise), 'cg' the exact "
                         "iterative solve for any boundary, 'dct' the exact direct solve for "
@@ -93,8 +80,6 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``deconv-ext`` and its subcommands."""
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
         description="Undo a known 2D blur (deconvolution) with deconv_ext: exact "
@@ -104,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                "write a figure\n"
                f"  {PROG} deblur photo.png -o out/ --psf gaussian:1.5\n"
                f"  {PROG} deblur scans/ -o restored/ --psf motion:9,30 --reg laplacian\n"
-               f"  {PROG} bench --quick\n\n"
+               f"  {PROG} bench --quick\n"
+               f"  {PROG} info --json\n\n"
                "Exit status: 0 on success, 2 if anything failed (one line per failure on stderr).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -171,67 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
     bench.add_argument("--builtin", action="store_true",
                        help="use the built-in table even in a source checkout")
+
+    info = sub.add_parser(
+        "info", formatter_class=_Formatter, help="versions, FFT route, devices, caches",
+        description="Print the versions of deconv_ext, torch, Triton and Python; whether the "
+                    "C++ extension is loaded and which CPU FFT it calls; the CUDA devices and "
+                    "whether the Triton kernels can run; where the FFT-choice cache lives.")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
-
-
-# --------------------------------------------------------------------------
-# shared helpers
-
-def resolve_device(name: str):
-    """A torch.device from 'auto' / 'cpu' / 'cuda[:N]'; UsageError if unavailable."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"--device {name!r} is not a device; expected cpu, cuda, cuda:N or "
-                         f"auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: no CUDA device is available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r} is not supported; expected cpu or cuda")
-    return dev
-
-
-def solver_kwargs(boundary: str, solver: Optional[str]) -> dict:
-    """Keyword arguments for ``deconvolve`` naming the boundary (and solver)."""
-    from .functional import deconvolve
-
-    kwargs = {}
-    params = inspect.signature(deconvolve).parameters
-    if boundary != "circular":
-        kwargs["boundary"] = boundary
-    if solver is not None:
-        if "solver" not in params:
-            raise UsageError("--solver: this build of deconv_ext has no solver choice "
-                             "(deconvolve takes no solver argument)")
-        kwargs["solver"] = solver
-    return kwargs
-
-
-def boundary_problem(boundary: str, solver: Optional[str] = None) -> Optional[str]:
-    """None if ``deconvolve`` accepts ``boundary`` here, else the library's reason.
-
-    Decided by trying it on a tiny image, so boundaries are used as soon as
-    the library implements them.
-    """
-    import torch
-
-    from .functional import deconvolve
-
-    try:
-        kwargs = solver_kwargs(boundary, solver)
-    except UsageError as exc:
-        return str(exc)
-    probe = torch.linspace(0.1, 1.0, 64).reshape(8, 8)
-    psf = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
-    try:
-        deconvolve(probe, psf, eps=1e-2, **kwargs)
-    except (NotImplementedError, ValueError, TypeError) as exc:
-        return " ".join(str(exc).split())
-    return None
 
 
 # --------------------------------------------------------------------------
@@ -247,8 +180,6 @@ class Job:
 
 
 def _expand_inputs(paths: Sequence[str]) -> List[Job]:
-    from .image_io import is_image_path
-
     jobs: List[Job] = []
     for p in paths:
         if os.path.isdir(p):
@@ -286,8 +217,6 @@ def _same_file(a: str, b: str) -> bool:
 
 def plan_outputs(jobs: List[Job], output: str, fmt: Optional[str], suffix: str) -> None:
     """Fill in each job's destination; UsageError if the output cannot work at all."""
-    from .image_io import EXTENSIONS, is_image_path
-
     if fmt is not None:
         fmt = "." + fmt.lower().lstrip(".")
         if fmt not in EXTENSIONS:
@@ -327,12 +256,6 @@ def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: d
 
     Raises ImageError / ValueError with a one-line message on failure.
     """
-    import numpy as np
-    import torch
-
-    from .functional import deconvolve
-    from .image_io import from_unit_float, read_image, to_unit_float, write_image
-
     arr = read_image(src)
     planes, alpha = to_unit_float(arr)
     H, W = planes.shape[-2:]
@@ -347,10 +270,8 @@ def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: d
 
 def cmd_deblur(args) -> int:
     """``deconv-ext deblur``: returns the exit status."""
-    from tqdm import tqdm
-
-    from .image_io import ImageError
-    from .psf import PSFSpecError, parse_spec
+    require_optional("deblur", NEEDS["deblur"])
+    from tqdm import tqdm  # optional (the cli extra), checked above
 
     device = resolve_device(args.device)
     try:
@@ -359,9 +280,10 @@ def cmd_deblur(args) -> int:
         raise UsageError(str(exc)) from None
     if args.eps < 0 or args.eps != args.eps:
         raise UsageError(f"--eps {args.eps!r}: expected a number >= 0")
-    reason = boundary_problem(args.boundary, args.solver)
+    reason = boundary_problem(args.boundary, args.solver, psf)
     if reason:
-        raise UsageError(f"--boundary {args.boundary}: {reason}")
+        what = f"--boundary {args.boundary}" + (f" --solver {args.solver}" if args.solver else "")
+        raise UsageError(f"{what} --psf {args.psf}: {reason}")
     solve = dict(eps=args.eps, method=args.method, reg=None if args.reg == "none" else args.reg,
                  rcond=args.rcond, **solver_kwargs(args.boundary, args.solver))
     jobs = _expand_inputs(args.inputs)
@@ -395,12 +317,10 @@ def cmd_deblur(args) -> int:
 
 
 # --------------------------------------------------------------------------
-# demo and bench (their work lives in their own modules)
+# demo, bench and info (their work lives in their own modules)
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-    from .psf import PSFSpecError, parse_spec
-
+    require_optional("demo", NEEDS["demo"])
     try:
         psf = parse_spec(args.psf)
     except PSFSpecError as exc:
@@ -412,13 +332,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
-
     resolve_device(args.device)
     return run_bench(device=args.device, quick=args.quick, builtin=args.builtin)
 
 
-COMMANDS = {"demo": cmd_demo, "deblur": cmd_deblur, "bench": cmd_bench}
+def cmd_info(args) -> int:
+    print(format_info(describe(), as_json=args.json))
+    return EXIT_OK
+
+
+COMMANDS = {"demo": cmd_demo, "deblur": cmd_deblur, "bench": cmd_bench, "info": cmd_info}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

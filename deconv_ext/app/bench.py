@@ -2,7 +2,9 @@
 
 In a source checkout the benchmark scripts of ``benchmarks/`` are the
 reference (``bench_cpu.py`` for CPU, ``bench_gpu.py`` for CUDA): ``bench``
-runs the one for the device with this Python. Installed without the source
+runs the one for the device with this Python, with the flags listed in
+:data:`SCRIPTS` (it prints only: nothing is appended to the repository's
+``benchmarks/RESULTS.md``). Installed without the source
 tree, it prints a small built-in table of the same kind: median time of a
 one-shot ``deconvolve`` and of a cached ``DeconvPlan`` as multiples of
 torch's bare ``rfft2`` + ``irfft2`` round trip of the same tensor (1.00 is
@@ -20,20 +22,35 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..functional import deconvolve
+from ..plans import DeconvPlan
+from ..psf import gaussian
+
 __all__ = ["run_bench", "builtin_table", "find_script"]
 
 SHAPES = [(1, 1, 512, 512), (1, 1, 2048, 2048), (8, 3, 256, 256), (64, 1, 128, 128),
           (16, 3, 512, 512)]
 QUICK_SHAPES = [(1, 1, 512, 512), (8, 3, 256, 256)]
-SCRIPTS = {"cpu": "bench_cpu.py", "cuda": "bench_gpu.py"}
+#: device type -> (script in benchmarks/, flags always passed, flags added by --quick)
+SCRIPTS: Dict[str, Tuple[str, Tuple[str, ...], Tuple[str, ...]]] = {
+    "cpu": ("bench_cpu.py", ("--no-append",), ("--quick",)),
+    "cuda": ("bench_gpu.py", (), ("--reps", "5")),
+}
 
 
 def find_script(device: str) -> Optional[str]:
     """The source tree's benchmark script for ``device`` ('cpu'/'cuda'), if present."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    name = SCRIPTS.get(torch.device(device).type)
-    path = os.path.join(root, "benchmarks", name) if name else None
+    # deconv_ext/app/bench.py -> the checkout's root, three levels up
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    entry = SCRIPTS.get(torch.device(device).type)
+    path = os.path.join(root, "benchmarks", entry[0]) if entry else None
     return path if path and os.path.isfile(path) else None
+
+
+def script_argv(device: str, script: str, quick: bool) -> List[str]:
+    """The command line that runs ``script`` for ``device`` with this Python."""
+    _, always, quick_flags = SCRIPTS[torch.device(device).type]
+    return [sys.executable, script, *always, *(quick_flags if quick else ())]
 
 
 def _sync(device: torch.device) -> None:
@@ -62,10 +79,6 @@ def _medians(fns: Dict[str, Callable[[], object]], rounds: int,
 
 def builtin_table(device: str = "cpu", quick: bool = False) -> List[Tuple[str, float, float, float]]:
     """Rows ``(shape, floor ms, one-shot ratio, cached-plan ratio)``, float32, 5x5 Gaussian PSF."""
-    from .functional import deconvolve
-    from .plans import DeconvPlan
-    from .psf import gaussian
-
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     psf = gaussian(1.0, 5).to(dev)
@@ -87,21 +100,12 @@ def builtin_table(device: str = "cpu", quick: bool = False) -> List[Tuple[str, f
 def run_bench(device: str = "cpu", quick: bool = False, builtin: bool = False) -> int:
     """Run the source tree's script for the device, else print the built-in table.
 
-    ``--quick`` is forwarded to a script only if the script declares it, and
-    so is ``--no-append``: running the command only prints, it does not add a
-    section to the repository's benchmarks/RESULTS.md.
     Returns the exit status.
     """
     script = None if builtin else find_script(device)
     if script:
-        argv = [sys.executable, script]
-        with open(script, encoding="utf-8") as f:
-            source = f.read()
-        if quick and "--quick" in source:
-            argv.append("--quick")
-        if "--no-append" in source:
-            argv.append("--no-append")
-        print(f"running {os.path.relpath(script)}", flush=True)
+        argv = script_argv(device, script, quick)
+        print(f"running {' '.join([os.path.relpath(script)] + argv[2:])}", flush=True)
         return subprocess.call(argv)
     print(f"deconv_ext built-in benchmark, {device}, float32, 5x5 Gaussian PSF, "
           f"{torch.get_num_threads()} threads; median time / (rfft2 + irfft2 round trip)")
