@@ -42,6 +42,8 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=["deconv_ext", "deconv_ext.triton_kernels"],
+    # deconv_ext.dask: lazy Dask arrays, one machine or a cluster.
+    extras_require={"dask": ["dask[array]>=2024.1", "distributed>=2024.1"]},
     package_dir={"deconv_ext": "deconv_ext", "deconv_ext.triton_kernels": "triton_kernels"},
     ext_modules=[
         CppExtension(
