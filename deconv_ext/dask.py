@@ -159,6 +159,14 @@ def _solve_block(block: np.ndarray, *, psf, eps, method, reg, rcond, mode, margi
     return y.numpy().astype(result, copy=False)
 
 
+def _chunk_hint(n: int, depth: int, start: int) -> int:
+    """A regular chunk size >= ``start`` whose chunks (the last one too) are all >= ``depth``."""
+    c = max(depth, start)
+    while c < n and 0 < n % c < depth:
+        c += 1
+    return min(c, n)
+
+
 def deconvolve(darray, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikhonov", reg=None,
                boundary: str = "reflect", rcond: Optional[float] = None, *,
                overlap: Union[str, int, Tuple[int, int]] = "auto", tol: float = DEFAULT_TOL,
@@ -238,7 +246,8 @@ def deconvolve(darray, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikh
             raise ValueError(
                 f"darray's chunks along {name} (axis {ax}) are {chunks}; each must be at least "
                 f"the overlap depth {m} (the inverse filter's reach at tol={tol}); rechunk, e.g. "
-                f"darray.rechunk({{{ax}: {max(m, max(chunks))}}}), or pass a smaller overlap=")
+                f"darray.rechunk({{{ax}: {_chunk_hint(sum(chunks), m, max(chunks))}}}), or "
+                f"pass a smaller overlap=")
         depth[ax] = m
         bnd[ax] = native or "none"
         own.append(native is None)
