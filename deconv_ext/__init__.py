@@ -10,8 +10,9 @@ from .nn import ConvPinv2d
 from .plans import DeconvPlan, LayerPlan, MultiChannelPlan, Plan
 from .psf import box, disk, gaussian, motion
 from .solvers import SolveInfo
+from .tiling import deconvolve_tiled, filter_reach
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "DeconvPlan", "LayerPlan", "MultiChannelPlan",
            "Plan", "SolveInfo", "conv2d_svdvals", "conv2d_opnorm", "conv2d_cond", "ConvPinv2d",
-           "gaussian", "box", "motion", "disk"]
+           "gaussian", "box", "motion", "disk", "deconvolve_tiled", "filter_reach"]
 __version__ = "0.1.0"

@@ -1,0 +1,636 @@
+"""Images larger than memory: the deconvolution solved tile by tile.
+
+Semantics
+---------
+For a non-circular ``boundary`` the result is defined as **the observation
+extended by the boundary rule far enough for the inverse filter (its reach),
+solved circularly, and cropped**. With ``FAST_PAD_MODE`` the extension rule of
+the padded fast path (``deconv_ext.boundary``), that is::
+
+    x = crop( circ_solve_N( pad_rule(y, >= reach on each side) ) )
+
+:func:`deconvolve_tiled` computes exactly this up to the inverse filter's tail:
+each tile (the interior it writes) is solved on a buffer that holds the tile
+plus at least ``overlap`` pixels of the *extended* image on each side (real
+neighbouring pixels inside the image, the image's own border extended by the
+rule outside it), and only the interior is kept. Why this is the reference and
+not ``deconvolve(y, psf, boundary=b)``: that padded path pads by the PSF's half
+size only, so within the inverse filter's reach of an edge its result depends on
+the far side of the image (the circular wrap-around); a tiled solve cannot (and
+should not) reproduce that, and differs there by O(1) for small ``eps``.
+
+Error bound
+-----------
+Both the tiled and the reference solve apply (periodised copies of) the same
+infinite-domain impulse response ``h`` of the filter
+``G = conj(K) / (|K|^2 + eps |R|^2)`` to buffers that agree on the box of half
+size ``overlap`` around every interior pixel, and whose values all lie within
+``[min y, max y]``. Hence, per pixel::
+
+    |x_tiled - x_ref| <= tail(overlap) * (max y - min y)
+
+with ``tail(m)`` the L1 mass of ``h`` outside the box ``[-m_h, m_h] x [-m_w,
+m_w]``. ``overlap="auto"`` picks, per axis, the smallest margin whose tail
+carries less than ``tol`` of ``h``'s L1 mass (:func:`filter_reach`), and
+``return_info=True`` reports the resulting bound (``TiledInfo.seam_bound``).
+
+Memory: one tile buffer (``(..., tile + 2 overlap)`` rounded up to a fast FFT
+size) and the plan's spectrum at that size, whatever the image size; inputs
+and outputs may be ``numpy.memmap`` / ``tifffile.memmap`` arrays, read and
+written one window at a time.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import validation as V
+from .maths import spectral
+from .plans import DeconvPlan
+from .plans.padded import FAST_PAD_MODE
+
+__all__ = ["DEFAULT_TILE", "DEFAULT_TOL", "Reach", "TiledInfo", "filter_reach",
+           "impulse_response", "tail_mass", "extension_index", "tile_geometry",
+           "deconvolve_tiled", "deconvolve_tiff"]
+
+# Chosen from benchmarks/bench_tiles.py (tiled throughput at 8192^2 against the
+# untiled padded solve, 2-core CPU): see RESULTS.md, "tiled solve".
+DEFAULT_TILE = (1024, 1024)
+# Tail of the inverse filter's L1 mass left outside the overlap. With the
+# bound ``tail * range(y)`` and ||h||_1 of at most a few hundred for
+# eps >= 1e-4 this keeps seams near or below 1e-4 of the range even in the
+# worst case; measured seams are far smaller (bench_tiles.py).
+DEFAULT_TOL = 1e-6
+
+# Largest impulse response computed to find the reach: float64, so 2^25
+# pixels are 256 MiB; a filter that has not decayed by then (the hard
+# cut-off of ``method="pinv"``, a tiny eps) needs an explicit overlap.
+_MAX_RESPONSE_PIXELS = 1 << 25
+_MAX_RESPONSE_SIDE = 1 << 16
+
+
+# ---------------------------------------------------------------------------
+# The inverse filter's reach
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reach:
+    """How far the inverse filter reaches.
+
+    Attributes
+    ----------
+    rows, cols : int
+        Margins ``(m_h, m_w)``: the L1 mass of the impulse response outside
+        ``[-m_h, m_h] x [-m_w, m_w]`` is ``tail`` (relative, ``<= tol``).
+    tail : float
+        Mass outside the box relative to ``l1`` (largest over the PSF's leading dims).
+    l1 : float
+        ``||h||_1``, the filter's worst-case gain (largest over the leading dims).
+    response_size : (int, int)
+        Size of the periodic grid the impulse response was computed on.
+    """
+
+    rows: int
+    cols: int
+    tail: float
+    l1: float
+    response_size: Tuple[int, int]
+
+    @property
+    def margin(self) -> Tuple[int, int]:
+        return self.rows, self.cols
+
+    @property
+    def tail_abs(self) -> float:
+        """The absolute mass outside the box: the seam bound per unit of range(y)."""
+        return self.tail * self.l1
+
+
+def _filter_args(plan_or_psf, eps, method, reg, rcond):
+    """(psf, eps, method, reg, rcond) from a plan or from the arguments, validated."""
+    if isinstance(plan_or_psf, DeconvPlan):
+        p = plan_or_psf
+        if not hasattr(p, "psf") or getattr(p, "method", None) is None:
+            raise TypeError("filter_reach needs an element-wise DeconvPlan (not a conv2d plan)")
+        psf, eps, method, reg, rcond = p.psf, p.eps, p.method, p.reg, p.rcond
+    else:
+        psf = plan_or_psf
+    if not isinstance(psf, torch.Tensor):
+        raise TypeError(f"psf must be a torch.Tensor or a DeconvPlan, got {type(psf).__name__}")
+    V.kernel(psf, tuple(psf.shape), name="psf")
+    V.choice("method", method, V.METHODS)
+    if isinstance(eps, torch.Tensor):
+        raise ValueError("a per-frequency (tensor) eps has no meaning on other FFT sizes; the "
+                         "tiled solve needs a float eps")
+    eps = V.eps(eps, tuple(psf.shape[-2:]))
+    if isinstance(reg, torch.Tensor):
+        V.kernel(reg, tuple(reg.shape), name="reg")
+    elif reg is not None:
+        V.choice("reg", reg, V.REGS)
+    V.rcond(rcond)
+    return psf, eps, method, reg, rcond
+
+
+def impulse_response(psf: torch.Tensor, size: Tuple[int, int], eps: float = 1e-2,
+                     method: str = "tikhonov", reg=None, rcond: Optional[float] = None
+                     ) -> torch.Tensor:
+    """Impulse response of the plan's inverse filter on an (Nh, Nw) periodic grid.
+
+    The circular solve of a unit impulse at (0, 0) by ``DeconvPlan`` at
+    ``size`` in float64: exactly the filter the tiles apply (PSF, eps,
+    regulariser, pseudo-inverse threshold), periodised with period ``size``.
+
+    Returns
+    -------
+    Tensor (..., Nh, Nw), float64, origin at (0, 0) (negative offsets wrap).
+    """
+    psf64 = psf.detach().to(torch.float64)
+    plan = DeconvPlan(psf64, size, eps=eps, method=method, reg=reg, rcond=rcond,
+                      dtype=torch.float64)
+    delta = torch.zeros(*psf.shape[:-2], *size, dtype=torch.float64, device=psf.device)
+    delta[..., 0, 0] = 1.0
+    return plan(delta)
+
+
+def _tail_profile(a: torch.Tensor, axis_len: int) -> torch.Tensor:
+    """``t[m]`` = mass of ``a`` (..., n) at wrapped distance > m from index 0."""
+    i = torch.arange(axis_len, device=a.device)
+    d = torch.minimum(i, axis_len - i)
+    flat = a.reshape(-1, axis_len)
+    prof = torch.zeros(flat.shape[0], axis_len // 2 + 1, dtype=a.dtype, device=a.device)
+    prof.index_add_(1, d, flat)
+    # tail[m] = sum_{d > m} prof[d]
+    rev = torch.flip(torch.cumsum(torch.flip(prof, (1,)), 1), (1,))
+    return torch.cat([rev[:, 1:], rev.new_zeros(rev.shape[0], 1)], 1)
+
+
+def tail_mass(h: torch.Tensor, margin: Tuple[int, int]) -> Tuple[float, float]:
+    """(relative, absolute) L1 mass of ``h`` (..., Nh, Nw) outside the box ``margin``.
+
+    Distances wrap (origin at (0, 0)); the largest over the leading dims.
+    """
+    Nh, Nw = h.shape[-2:]
+    mh, mw = margin
+    a = h.abs().reshape(-1, Nh, Nw)
+    i = torch.arange(Nh, device=h.device)
+    j = torch.arange(Nw, device=h.device)
+    inside = ((torch.minimum(i, Nh - i) <= mh)[:, None] & (torch.minimum(j, Nw - j) <= mw)[None, :])
+    l1 = a.sum((-2, -1))
+    out = l1 - (a * inside).sum((-2, -1))
+    k = int(torch.argmax(out / l1))
+    return float(out[k] / l1[k]), float(out[k])
+
+
+def filter_reach(plan_or_psf, eps: float = 1e-2, method: str = "tikhonov", reg=None,
+                 rcond: Optional[float] = None, tol: float = DEFAULT_TOL) -> Reach:
+    """Margin beyond which the inverse filter carries less than ``tol`` of its L1 mass.
+
+    The impulse response ``h`` of ``conj(K) / (|K|^2 + eps |R|^2)`` (or the
+    thresholded pseudo-inverse) is computed in float64 on a periodic grid that
+    is doubled per axis until the margin found is at most a quarter of it (so
+    the periodisation hides no mass), and the margins are chosen per axis from
+    the row and column marginals of ``|h|`` with a tail of ``tol / 2`` each
+    (anisotropic PSFs such as motion blur get anisotropic margins).
+
+    Parameters
+    ----------
+    plan_or_psf : DeconvPlan or Tensor (..., kh, kw)
+        A plan (its PSF, eps, method, regulariser and rcond are used; its
+        image size is not) or a PSF, with the other arguments as in
+        :class:`deconv_ext.DeconvPlan`. A PSF with leading dims gets the
+        largest margin over them.
+    eps, method, reg, rcond : as in :class:`deconv_ext.DeconvPlan` (scalar eps)
+    tol : float in (0, 1)
+
+    Returns
+    -------
+    Reach
+
+    Raises
+    ------
+    ValueError
+        If the filter has not decayed to ``tol`` on the largest grid tried
+        (2^25 pixels): pass an explicit overlap, or use a larger eps / tol.
+    """
+    psf, eps, method, reg, rcond = _filter_args(plan_or_psf, eps, method, reg, rcond)
+    tol = _tol(tol)
+    kh, kw = psf.shape[-2:]
+    size = [spectral.next_fast_size(max(256, 8 * kh)), spectral.next_fast_size(max(256, 8 * kw))]
+    while True:
+        h = impulse_response(psf, tuple(size), eps, method, reg, rcond)
+        a = h.abs()
+        l1 = a.sum((-2, -1)).reshape(-1, 1)
+        t_rows = _tail_profile(a.sum(-1), size[0]) / l1
+        t_cols = _tail_profile(a.sum(-2), size[1]) / l1
+        m = []
+        for t in (t_rows, t_cols):
+            ok = (t <= tol / 2).all(0)
+            m.append(int(torch.nonzero(ok)[0]) if bool(ok.any()) else t.shape[1])
+        grow = [m[d] > size[d] // 4 for d in range(2)]
+        if not any(grow):
+            rel, _ = tail_mass(h, (m[0], m[1]))
+            return Reach(m[0], m[1], rel, float(l1.max()), tuple(size))
+        new = [spectral.next_fast_size(2 * s) if g else s for s, g in zip(size, grow)]
+        if new[0] * new[1] > _MAX_RESPONSE_PIXELS or max(new) > _MAX_RESPONSE_SIDE:
+            raise ValueError(
+                f"the inverse filter (eps={eps}, method={method!r}, reg={reg!r}) still carries "
+                f"more than tol={tol} of its L1 mass beyond {size[0] // 4}x{size[1] // 4} px on a "
+                f"{size[0]}x{size[1]} grid; pass an explicit overlap= or use a larger eps or tol")
+        size = new
+        del h, a
+
+
+def _tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 < float(tol) < 1):
+        raise ValueError(f"tol={tol!r} is not valid; expected a float in (0, 1)")
+    return float(tol)
+
+
+# ---------------------------------------------------------------------------
+# Geometry: which pixels of the extended image each tile's buffer holds
+# ---------------------------------------------------------------------------
+
+def extension_index(start: int, length: int, n: int, mode: str) -> np.ndarray:
+    """Source index in [0, n) of the extended indices ``start .. start + length - 1``.
+
+    ``mode`` as in :data:`deconv_ext.boundary.FAST_PAD_MODE` values: "reflect"
+    (``dcb|abcd|cba``), "symmetric" (``cba|abcd|dcb``), "replicate"; any
+    distance from the image (several reflections if needed).
+    """
+    i = np.arange(start, start + length, dtype=np.int64)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "reflect":
+        if n == 1:
+            return np.zeros_like(i)
+        p = 2 * (n - 1)
+        m = np.mod(i, p)
+        return np.where(m < n, m, p - m)
+    if mode == "symmetric":
+        p = 2 * n
+        m = np.mod(i, p)
+        return np.where(m < n, m, p - 1 - m)
+    raise ValueError(f"mode={mode!r} is not valid; expected 'reflect', 'symmetric' or 'replicate'")
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of the tiling: tile starts, tile length, buffer length and offset."""
+
+    n: int
+    tile: int
+    margin: int
+    buffer: int
+    offset: int  # where the tile's first pixel sits in the buffer (>= margin)
+
+    def starts(self):
+        return range(0, self.n, self.tile)
+
+
+def tile_geometry(size: Tuple[int, int], tile: Tuple[int, int], margin: Tuple[int, int]):
+    """Per axis: the buffer ``next_fast_size(tile + 2 margin)`` and the tile's offset in it.
+
+    The rounding slack goes to the margins (half each side), so every pixel
+    of the buffer is a pixel of the extended image and the reach is at least
+    ``margin`` on both sides of every interior pixel.
+    """
+    axes = []
+    for n, t, m in zip(size, tile, margin):
+        t = min(t, n)
+        b = spectral.next_fast_size(t + 2 * m)
+        axes.append(_Axis(n, t, m, b, m + (b - t - 2 * m) // 2))
+    return tuple(axes)
+
+
+# ---------------------------------------------------------------------------
+# Array access (torch tensors, numpy arrays, memory maps)
+# ---------------------------------------------------------------------------
+
+_NP_FLOAT = (np.float16, np.float32, np.float64)
+
+
+def _is_numpy(a) -> bool:
+    return isinstance(a, np.ndarray)
+
+
+def _check_image(image):
+    if isinstance(image, torch.Tensor):
+        V.image(image)
+        return spectral.compute_dtype(image.dtype), image.dtype
+    if not _is_numpy(image):
+        raise TypeError(f"image must be a torch.Tensor or a numpy array (numpy.memmap, "
+                        f"tifffile.memmap), got {type(image).__name__}")
+    if image.ndim < 2:
+        raise ValueError(f"image has shape {image.shape}; expected at least 2 dims (..., H, W)")
+    if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
+        raise TypeError(f"image has dtype {image.dtype}; expected a real integer or floating dtype")
+    compute = torch.float64 if image.dtype == np.float64 else torch.float32
+    result = image.dtype if image.dtype.type in _NP_FLOAT else np.dtype(np.float32)
+    return compute, result
+
+
+def _same_memory(a, b) -> bool:
+    if _is_numpy(a) and _is_numpy(b):
+        return bool(np.may_share_memory(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+            return False
+        a0 = a.untyped_storage().data_ptr()
+        b0 = b.untyped_storage().data_ptr()
+        return a0 < b0 + b.untyped_storage().nbytes() and b0 < a0 + a.untyped_storage().nbytes()
+    return False
+
+
+def _check_out(out, image, result_dtype):
+    shape = tuple(image.shape)
+    if isinstance(image, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor for a tensor image, got {type(out).__name__}")
+        if out.dtype not in V.FLOAT_DTYPES:
+            raise TypeError(f"out has dtype {out.dtype}; expected a real floating dtype")
+        if out.device != image.device:
+            raise ValueError(f"out is on {out.device} but image is on {image.device}; expected "
+                             f"the same device")
+    else:
+        if not _is_numpy(out):
+            raise TypeError(f"out must be a numpy array (or numpy/tifffile memmap) for a numpy "
+                            f"image, got {type(out).__name__}")
+        if out.dtype.type not in _NP_FLOAT:
+            raise TypeError(f"out has dtype {out.dtype}; expected float16, float32 or float64")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only (e.g. a memmap opened with mode='r'); expected a "
+                             "writeable array (mode='r+' or 'w+')")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected the image's shape {shape}")
+    if _same_memory(out, image):
+        raise ValueError("out shares memory with image; the tiles read neighbouring input pixels "
+                         "after earlier tiles were written, so pass a separate output array")
+    return out
+
+
+def _read_window(image, rows: np.ndarray, cols: np.ndarray, dtype: torch.dtype,
+                 device) -> torch.Tensor:
+    """``image[..., rows][..., cols]`` as a contiguous tensor in ``dtype``.
+
+    Only the bounding box of the indices is read (for a memory map: only
+    those pages), then re-indexed where the window leaves the image.
+    """
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(cols.min()), int(cols.max()) + 1
+    block = image[..., r0:r1, c0:c1]
+    if isinstance(block, torch.Tensor):
+        t = block.to(dtype)
+    else:
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        t = torch.from_numpy(np.ascontiguousarray(block, dtype=np_dtype))
+    t = t.to(device)
+    if len(rows) != r1 - r0 or not np.array_equal(rows, np.arange(r0, r1)):
+        t = t.index_select(-2, torch.from_numpy(rows - r0).to(t.device))
+    if len(cols) != c1 - c0 or not np.array_equal(cols, np.arange(c0, c1)):
+        t = t.index_select(-1, torch.from_numpy(cols - c0).to(t.device))
+    return t.contiguous()
+
+
+def _write(out, sl, x: torch.Tensor) -> None:
+    if isinstance(out, torch.Tensor):
+        out[sl].copy_(x)
+    else:
+        out[sl] = x.cpu().numpy().astype(out.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# The tiled solve
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TiledInfo:
+    """What :func:`deconvolve_tiled` did and how close it is to the untiled solve.
+
+    Attributes
+    ----------
+    tile : (th, tw), the interior each solve wrote (clipped to the image)
+    overlap : (m_h, m_w), the margin of extended-image pixels on each side (at least)
+    fft_size : (Nh, Nw), the buffer and plan size of every tile solve
+    n_tiles : int
+    tol : float or None, the tail tolerance of ``overlap="auto"``
+    tail : float, the filter's L1 mass outside the overlap box, relative
+    l1 : float, ``||h||_1``
+    value_range : float, ``max(y) - min(y)`` over the image
+    seam_bound : float
+        ``tail * l1 * value_range``: no pixel differs from the border-correct
+        untiled solve (module docstring) by more, up to floating-point rounding.
+    """
+
+    tile: Tuple[int, int]
+    overlap: Tuple[int, int]
+    fft_size: Tuple[int, int]
+    n_tiles: int
+    tol: Optional[float]
+    tail: float
+    l1: float
+    value_range: float
+    seam_bound: float
+
+
+def _overlap_arg(overlap) -> Optional[Tuple[int, int]]:
+    if isinstance(overlap, str):
+        if overlap != "auto":
+            raise ValueError(f"overlap={overlap!r} is not valid; expected 'auto', an int >= 0 or "
+                             f"a pair of them")
+        return None
+    v = (overlap, overlap) if isinstance(overlap, numbers.Integral) else overlap
+    if (isinstance(overlap, bool) or not isinstance(v, (tuple, list)) or len(v) != 2
+            or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) and a >= 0
+                       for a in v)):
+        raise ValueError(f"overlap={overlap!r} is not valid; expected 'auto', an int >= 0 or a "
+                         f"pair of them")
+    return int(v[0]), int(v[1])
+
+
+def _explicit_reach(psf, eps, method, reg, rcond, margin) -> Reach:
+    """The tail of an explicit margin, on a grid at least 4x the margin (capped)."""
+    size = [spectral.next_fast_size(max(256, 4 * m + 1, 8 * k))
+            for m, k in zip(margin, psf.shape[-2:])]
+    while size[0] * size[1] > _MAX_RESPONSE_PIXELS:
+        d = 0 if size[0] >= size[1] else 1
+        size[d] = spectral.next_fast_size(size[d] // 2)
+    h = impulse_response(psf, tuple(size), eps, method, reg, rcond)
+    m = tuple(min(a, s // 2) for a, s in zip(margin, size))
+    rel, _ = tail_mass(h, m)
+    l1 = float(h.abs().sum((-2, -1)).max())
+    return Reach(margin[0], margin[1], rel, l1, tuple(size))
+
+
+def deconvolve_tiled(image, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikhonov",
+                     reg=None, boundary: str = "reflect", rcond: Optional[float] = None, *,
+                     tile=DEFAULT_TILE, overlap: Union[str, int, Tuple[int, int]] = "auto",
+                     tol: float = DEFAULT_TOL, out=None, progress: bool = False,
+                     return_info: bool = False):
+    """Deconvolve an image tile by tile, with peak memory set by the tile, not the image.
+
+    Each tile (the ``tile`` interior it writes) is solved on a buffer of the
+    tile plus ``overlap`` pixels of real neighbours on each side, the image's
+    own border being extended by the boundary rule; one circular
+    :class:`~deconv_ext.DeconvPlan` at the buffer size serves every tile
+    (edge tiles are filled to the same size by the rule). The result is the
+    border-correct solve described in the module docstring: the observation
+    extended by the rule by the filter's reach, solved and cropped.
+
+    Parameters
+    ----------
+    image : Tensor, numpy array, numpy.memmap or tifffile.memmap (..., H, W)
+        Leading dims are solved together in each tile. numpy integer images
+        compute in float32, float64 ones in float64.
+    psf : Tensor (kh, kw) or (..., kh, kw), broadcasting to the leading dims
+    eps : float >= 0
+    method : {"tikhonov", "pinv"}
+    reg : None, "laplacian" or Tensor
+    boundary : {"reflect", "symmetric", "replicate", "zeros"}, default "reflect"
+        How the image is extended past its edges (the rule of the padded fast
+        path, ``deconv_ext.boundary.FAST_PAD_MODE``: "zeros" is extended by
+        "replicate"). "circular" is rejected: a tile has no periodic
+        neighbour to wrap to.
+    rcond : float, optional; the pseudo-inverse threshold (see DeconvPlan).
+    tile : int or (th, tw), keyword-only, default :data:`DEFAULT_TILE`
+        Interior written per solve; at least the PSF's size. Clipped to the image.
+    overlap : "auto", int >= 0 or (int, int), keyword-only
+        Margin per side. "auto": :func:`filter_reach` at ``tol``.
+    tol : float in (0, 1), keyword-only
+        Tail of the inverse filter's L1 mass allowed outside the margin.
+    out : same kind as ``image``, shape (..., H, W), floating, writeable, optional
+        Written tile by tile (a memory map keeps the output out of RAM).
+        Default: a new tensor (image's dtype) or numpy array (float dtype of
+        the image, float32 for integers).
+    progress : bool, keyword-only; a tqdm progress bar over the tiles.
+    return_info : bool, keyword-only; also return a :class:`TiledInfo`.
+
+    Returns
+    -------
+    ``out`` (..., H, W), or ``(out, TiledInfo)``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For any invalid argument, before anything is written to ``out``.
+    """
+    compute_dtype, result_dtype = _check_image(image)
+    if isinstance(psf, np.ndarray):
+        psf = torch.from_numpy(psf)
+    if not isinstance(psf, torch.Tensor):
+        raise TypeError(f"psf must be a torch.Tensor, got {type(psf).__name__}")
+    shape = tuple(image.shape)
+    H, W = shape[-2:]
+    V.kernel(psf, shape)
+    device = image.device if isinstance(image, torch.Tensor) else psf.device
+    if isinstance(image, torch.Tensor):
+        V.same_device("psf", psf, "image", image)
+    V.choice("boundary", boundary, V.BOUNDARIES)
+    if boundary == "circular":
+        raise ValueError("boundary='circular' has no meaning for a tiled solve (a tile has no "
+                         "periodic neighbour); expected 'reflect', 'symmetric', 'replicate' or "
+                         "'zeros' (or deconvolve the whole image with boundary='circular')")
+    psf, eps, method, reg, rcond = _filter_args(psf, eps, method, reg, rcond)
+    tile = V.pair("tile", tile)
+    kh, kw = psf.shape[-2:]
+    if tile[0] < kh or tile[1] < kw:
+        raise ValueError(f"tile={tile} is smaller than the PSF ({kh}x{kw}); expected each tile "
+                         f"side >= the PSF's")
+    margin = _overlap_arg(overlap)
+    tol = _tol(tol)
+    if out is not None:
+        _check_out(out, image, result_dtype)
+    if margin is None:
+        reach = filter_reach(psf, eps, method, reg, rcond, tol)
+        margin = reach.margin
+    else:
+        reach = _explicit_reach(psf, eps, method, reg, rcond, margin) if return_info else None
+    if out is None:
+        if isinstance(image, torch.Tensor):
+            out = torch.empty(shape, dtype=image.dtype, device=image.device)
+        else:
+            out = np.empty(shape, dtype=result_dtype)
+
+    ax_r, ax_c = tile_geometry((H, W), tile, margin)
+    plan = DeconvPlan(psf.to(device=device, dtype=compute_dtype), (ax_r.buffer, ax_c.buffer),
+                      eps=eps, method=method, reg=reg, rcond=rcond, dtype=compute_dtype)
+    mode = FAST_PAD_MODE[boundary]
+    starts = [(i, j) for i in ax_r.starts() for j in ax_c.starts()]
+    lo, hi = math.inf, -math.inf
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts), desc="tiles", unit="tile")
+    lead = (slice(None),) * (len(shape) - 2)
+    for i0, j0 in starts:
+        rows = extension_index(i0 - ax_r.offset, ax_r.buffer, H, mode)
+        cols = extension_index(j0 - ax_c.offset, ax_c.buffer, W, mode)
+        buf = _read_window(image, rows, cols, compute_dtype, device)
+        th, tw = min(ax_r.tile, H - i0), min(ax_c.tile, W - j0)
+        if return_info:
+            inner = buf[..., ax_r.offset:ax_r.offset + th, ax_c.offset:ax_c.offset + tw]
+            lo, hi = min(lo, float(inner.min())), max(hi, float(inner.max()))
+        x = plan(buf)
+        _write(out, lead + (slice(i0, i0 + th), slice(j0, j0 + tw)),
+               x[..., ax_r.offset:ax_r.offset + th, ax_c.offset:ax_c.offset + tw])
+        del buf, x
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    if not return_info:
+        return out
+    rng = float(hi - lo) if starts else 0.0
+    info = TiledInfo(tile=(ax_r.tile, ax_c.tile), overlap=tuple(margin),
+                     fft_size=(ax_r.buffer, ax_c.buffer), n_tiles=len(starts),
+                     tol=tol if overlap == "auto" else None, tail=reach.tail, l1=reach.l1,
+                     value_range=rng, seam_bound=reach.tail * reach.l1 * rng)
+    return out, info
+
+
+def deconvolve_tiff(src: str, dst: str, psf: torch.Tensor, eps: float = 1e-2,
+                    method: str = "tikhonov", reg=None, boundary: str = "reflect",
+                    rcond: Optional[float] = None, *, tile=DEFAULT_TILE,
+                    overlap: Union[str, int, Tuple[int, int]] = "auto",
+                    tol: float = DEFAULT_TOL, dtype: str = "float32", progress: bool = False,
+                    return_info: bool = False):
+    """Deconvolve an uncompressed TIFF into a new TIFF, tile by tile, through memory maps.
+
+    ``src`` is opened with ``tifffile.memmap(src, mode="r")`` (an
+    uncompressed, contiguous TIFF: tifffile raises ``ValueError`` otherwise),
+    ``dst`` is created with ``tifffile.memmap(dst, shape=..., dtype=dtype)``
+    and filled by :func:`deconvolve_tiled`; neither image is ever wholly in
+    memory. Arguments as in :func:`deconvolve_tiled`.
+
+    Returns
+    -------
+    None, or the :class:`TiledInfo` with ``return_info=True``.
+    """
+    try:
+        import tifffile
+    except ImportError as e:  # pragma: no cover - tifffile is a dev requirement
+        raise ImportError('deconvolve_tiff needs tifffile: pip install tifffile') from e
+    if np.dtype(dtype).type not in _NP_FLOAT:
+        raise TypeError(f"dtype={dtype!r} is not valid; expected 'float16', 'float32' or 'float64'")
+    image = tifffile.memmap(src, mode="r")
+    existed = os.path.exists(dst)
+    out = tifffile.memmap(dst, shape=image.shape, dtype=np.dtype(dtype))
+    try:
+        res = deconvolve_tiled(image, psf, eps, method, reg, boundary, rcond, tile=tile,
+                               overlap=overlap, tol=tol, out=out, progress=progress,
+                               return_info=return_info)
+        out.flush()
+    except BaseException:
+        del out
+        if not existed:
+            # A failed argument check must not leave an empty output behind.
+            os.remove(dst)
+        raise
+    del out
+    return res[1] if return_info else None
