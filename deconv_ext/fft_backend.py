@@ -2,7 +2,7 @@
 
 On CPU the FFTs are nearly all of a deconvolution's time. The C++ pipelines
 call MKL's DFTI themselves where torch ships MKL (``csrc/fft.cpp``: 0.25-0.9x
-torch's own ``irfft2(rfft2(x))`` at the DESIGN shapes), else ``torch.fft``.
+torch's own ``irfft2(rfft2(x))`` at the benchmark shapes), else ``torch.fft``.
 ``scipy.fft`` (pocketfft, BSD-licensed, a dependency already) can be faster
 for some shapes on some machines; so the choice is made per problem by timing
 both round trips side by side, like an FFT planner, and remembered (in memory
@@ -33,6 +33,7 @@ import platform
 import statistics
 import threading
 import time
+import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -78,9 +79,27 @@ def selected() -> str:
 
 
 def cache_path() -> str:
-    """The JSON file holding measured choices (``$XDG_CACHE_HOME/deconv_ext``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """The JSON file holding measured choices: ``$XDG_CACHE_HOME/deconv_ext/fft_choice.json``.
+
+    ``XDG_CACHE_HOME`` counts only if it is an absolute path (the XDG base
+    directory rule); otherwise ``~/.cache``.
+    """
+    root = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "deconv_ext", "fft_choice.json")
+
+
+_warned = False
+
+
+def _warn_once(message: str) -> None:
+    # One warning per process: a read-only home must not warn at every new shape.
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"deconv_ext FFT-choice cache: {message}; measured choices are kept "
+                      f"for this process only", RuntimeWarning, stacklevel=3)
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,25 +128,35 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
+    path = cache_path()
     try:
-        with open(cache_path()) as f:
+        with open(path) as f:
             data = json.load(f)
-        if isinstance(data, dict):
-            _choices.update({k: v for k, v in data.items() if v in ("torch", "scipy")})
-    except (OSError, ValueError):
-        pass  # no cache yet, or an unreadable one: measure again
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no cache yet (writing it will say if it cannot be)
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON: measure again
+        _warn_once(f"cannot read {path} ({type(exc).__name__}: {exc})")
+        return
+    if not isinstance(data, dict):
+        _warn_once(f"{path} does not hold a JSON object; ignoring it")
+        return
+    _choices.update({k: v for k, v in data.items() if v in ("torch", "scipy")})
 
 
 def _save() -> None:
     path = cache_path()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w") as f:
             json.dump(_choices, f, indent=0, sort_keys=True)
         os.replace(tmp, path)  # atomic: concurrent writers never leave half a file
-    except OSError:
-        pass  # a read-only home: the choice still holds for this process
+    except OSError as exc:  # a read-only home: the choice still holds for this process
+        _warn_once(f"cannot write {path} ({type(exc).__name__}: {exc})")
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _measure(shape: Tuple[int, ...], dtype: torch.dtype) -> str:
