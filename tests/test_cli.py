@@ -343,3 +343,83 @@ def test_bench_flags_are_accepted_by_the_scripts(monkeypatch, device, quick):
         assert ns["no_append"] is True and ns["quick"] is quick
     else:
         assert ns["reps"] == (5 if quick else None)
+
+
+# Run the command line with the cli extra's packages made unimportable: a
+# meta-path finder at the front of sys.meta_path refuses them (and their
+# submodules), as if only the core were installed.
+BLOCKED_RUN = """
+import sys
+BLOCKED = {"PIL", "tifffile", "tqdm", "skimage", "matplotlib"}
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, Block())
+from deconv_ext.app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["deblur", "in.png", "-o", "out"], ("pillow", "tifffile", "tqdm")),
+    (["demo"], ("scikit-image", "matplotlib")),
+], ids=["deblur", "demo"])
+def test_missing_cli_extra_is_one_line_naming_the_extra(tmp_path, argv, names):
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN, *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr  # no traceback
+    assert lines[0].startswith("deconv-ext: error: ")
+    assert 'pip install "deconv_ext[cli]"' in lines[0]
+    assert all(n in lines[0] for n in names)
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_info_runs_without_the_cli_extra(tmp_path):
+    """The core's own commands need none of the optional packages."""
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN, "info", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    info = json.loads(proc.stdout)
+    assert info["deconv_ext"]["version"] == dx.__version__
+    assert info["torch"]["version"] == torch.__version__
+
+
+def test_info_describes_this_installation(capsys):
+    from deconv_ext import config, execution
+    from deconv_ext.execution import fft_choice
+    from deconv_ext.app.info import describe
+
+    info = describe()
+    assert info["extension"]["loaded"] == execution.available()
+    if execution.available():
+        assert info["extension"]["cpu_fft"] in ("MKL DFTI, called directly", "torch.fft")
+        assert os.path.samefile(info["extension"]["path"], execution.library.extension_path())
+    assert info["fft"]["cache"] == fft_choice.cache_path()
+    assert info["fft"]["cpu_library"] == config.get().cpu_fft
+    assert info["cuda"]["available"] == torch.cuda.is_available()
+    assert len(info["cuda"]["devices"]) == (torch.cuda.device_count()
+                                             if torch.cuda.is_available() else 0)
+    assert info["triton_kernels"]["usable"] == (info["triton"]["version"] is not None
+                                                and torch.cuda.is_available())
+    rc, out, err = _run(["info"], capsys)
+    assert rc == 0 and err == []
+    assert f"torch        {torch.__version__}" in out and info["fft"]["cache"] in out
+    rc, out, _ = _run(["info", "--json"], capsys)
+    import json
+
+    assert json.loads(out) == json.loads(json.dumps(info))
+
+
+def test_python_m_info(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "deconv_ext", "info"], cwd=TESTS,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "deconv_ext   " + dx.__version__ in proc.stdout and "FFT cache" in proc.stdout
