@@ -1,0 +1,1 @@
+"""Shared mathematics: pure torch, importable from any layer of the package."""
