@@ -60,9 +60,9 @@ estimate it from the spectrum (:func:`~deconv_ext.maths.noise.estimate_noise_spe
 given the image, :func:`~deconv_ext.maths.noise.estimate_noise` is better.
 
 Minimisation: eps is searched in log space over the range where the filter
-changes, ``[max(q_min, 1e-12 q_max), q_max]`` with ``q = |K|^2 / |R|^2`` over
-the frequencies where both are positive (outside it ``f`` is ~0 or ~1 for
-every frequency and no objective moves). A grid of :data:`POINTS_PER_DECADE`
+changes, ``[max(q_min / 100, 1e-12 q_max), 100 q_max]`` with
+``q = |K|^2 / |R|^2`` over the frequencies where both are positive (outside
+it ``f`` is within 1 % of 0 or 1 at every frequency and no objective moves). A grid of :data:`POINTS_PER_DECADE`
 points per decade brackets the global minimum of each plane, then golden
 section search (vectorised over planes) refines it to ``rtol`` in eps; the
 discrepancy equation is solved by bisection in log eps. Objectives are
@@ -106,6 +106,7 @@ __all__ = [
     "SpectralTerms",
     "half_spectrum_weights",
     "spectral_terms",
+    "rule_objective",
     "choose_eps",
     "svd_power",
     "choose_eps_svd",
@@ -121,7 +122,8 @@ AUTO_RULE_PADDED = "gcv"
 # What a flat objective falls back to: deconvolve's default eps.
 FALLBACK_EPS = 1e-2
 POINTS_PER_DECADE = 3
-RANGE_DECADES = 12.0
+BINS_PER_DECADE = 48
+RANGE_DECADES = 14.0
 _PERS = ("plane", "sample")
 # Grid memory budget (float64 elements per temporary) for the vectorised search.
 _CHUNK_ELEMS = 1 << 22
@@ -132,16 +134,79 @@ _CHUNK_ELEMS = 1 << 22
 # ---------------------------------------------------------------------------
 
 class _Spectra(NamedTuple):
-    """Flattened float64 spectra: one row per system (plane or sample)."""
+    """One row per system (plane or sample), float64, over the frequencies
+    whose filter factor moves with eps (``|K|^2 > 0`` and ``|R|^2 > 0``); the
+    others are folded into constants: ``|K|^2 = 0`` gives ``g = 1`` for every
+    eps, ``|R|^2 = 0 < |K|^2`` gives ``g = 0``. Inactive entries have zero
+    weight (and ``q = 1``), so rows with different masks stay one tensor."""
 
-    k2: torch.Tensor      # (B, F) |K|^2 (or s^2)
-    r2: torch.Tensor      # (B, F) |R|^2
-    y2: torch.Tensor      # (B, F) |Y|^2 (or |U^H Y|^2)
-    w: torch.Tensor       # (F,) half-spectrum multiplicity
-    n_pix: float          # pixels per plane (Parseval's normaliser)
-    n_data: float         # number of observations in one system
-    dof_extra: float      # observations no eps reaches (N - rank slots)
-    res_extra: torch.Tensor  # (B,) residual no eps reaches (normalised)
+    q: torch.Tensor          # (B, F) |K|^2 / |R|^2
+    wa: torch.Tensor         # (B, F) half-spectrum weight c(w), 0 where inactive
+    wy: torch.Tensor         # (B, F) c(w) |Y|^2 / n_pix
+    wr: torch.Tensor         # (B, F) c(w) / |R|^2 (solution risk)
+    wry: torch.Tensor        # (B, F) c(w) |Y|^2 / (|R|^2 n_pix)
+    n_pix: float             # pixels per plane (Parseval's normaliser)
+    n_data: float            # observations per system
+    dof_extra: torch.Tensor  # (B,) N - trace that no eps changes
+    res_extra: torch.Tensor  # (B,) residual that no eps changes
+    energy: torch.Tensor     # (B,) ||y||^2
+
+
+def _compress(k2, r2, y2, w, n_pix: float, n_data: float, dof_extra: float = 0.0,
+              res_extra=None) -> _Spectra:
+    """Build :class:`_Spectra` from (B, F) float64 powers and the (F,) weights."""
+    active = (k2 > 0) & (r2 > 0)
+    dead = k2 == 0                      # g = 1 for every eps
+    wf = w.expand_as(k2)
+    zero = torch.zeros_like(k2)
+    q = torch.where(active, k2 / torch.where(active, r2, torch.ones_like(r2)), torch.ones_like(k2))
+    wa = torch.where(active, wf, zero)
+    wy = wa * y2 / n_pix
+    wr = torch.where(active, wf / torch.where(active, r2, torch.ones_like(r2)), zero)
+    wry = wr * y2 / n_pix
+    dof = torch.where(dead, wf, zero).sum(-1) + dof_extra
+    res = torch.where(dead, wf * y2, zero).sum(-1) / n_pix
+    if res_extra is not None:
+        res = res + res_extra
+    energy = (wf * y2).sum(-1) / n_pix + (0 if res_extra is None else res_extra)
+    return _Spectra(q, wa, wy, wr, wry, float(n_pix), float(n_data), dof, res, energy)
+
+
+def _binned(sp: _Spectra, per_decade: int) -> _Spectra:
+    """The same sums over ``per_decade`` bins per decade of ``q``.
+
+    Every objective is a sum over frequencies of a smooth function of
+    ``log q`` (a filter factor varies over about a decade), so summing the
+    weights of the frequencies in a narrow bin and evaluating at the bin
+    centre changes it by far less than the search needs: the grid runs on
+    :data:`BINS_PER_DECADE` bins per decade, the refinement on ten times as
+    many, and the returned objective is the exact sum.
+    """
+    ok = sp.wa > 0
+    lq = torch.log(sp.q)
+    lo = torch.where(ok, lq, torch.full_like(lq, float("inf"))).amin(-1, keepdim=True)
+    hi = torch.where(ok, lq, torch.full_like(lq, -float("inf"))).amax(-1, keepdim=True)
+    any_ok = ok.any(-1, keepdim=True)
+    lo = torch.where(any_ok, lo, torch.zeros_like(lo))
+    hi = torch.where(any_ok, hi, torch.zeros_like(hi))
+    decades = float(((hi - lo) / math.log(10.0)).max())
+    nb = max(1, min(sp.q.shape[-1], int(math.ceil(decades * per_decade)) + 1))
+    if nb >= sp.q.shape[-1]:
+        return sp
+    width = (hi - lo).clamp(min=1e-12) / nb
+    idx = torch.where(ok, ((lq - lo) / width).floor().clamp(0, nb - 1),
+                      torch.zeros_like(lq)).to(torch.int64)
+    centre = torch.exp(lo + (torch.arange(nb, dtype=torch.float64, device=lq.device) + 0.5) * width)
+
+    def add(v):
+        return torch.zeros(v.shape[0], nb, dtype=v.dtype, device=v.device).scatter_add_(1, idx, v)
+
+    return sp._replace(q=centre, wa=add(sp.wa), wy=add(sp.wy), wr=add(sp.wr), wry=add(sp.wry))
+
+
+def _bsum(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_f a[b, g, f] v[b, f] -> (B, G)."""
+    return torch.bmm(a, v[:, :, None])[..., 0]
 
 
 class SpectralTerms(NamedTuple):
@@ -161,44 +226,36 @@ class SpectralTerms(NamedTuple):
 
 def _terms(sp: _Spectra, t: torch.Tensor, derivatives: bool = False):
     """Sums over frequencies for ``eps = exp(t)``, t (B, G) -> dict of (B, G)."""
-    eps = torch.exp(t)[..., None]                      # (B, G, 1)
-    k2, r2, y2 = sp.k2[:, None, :], sp.r2[:, None, :], sp.y2[:, None, :]
-    a = eps * r2
-    den = k2 + a
-    pos = den > 0
-    safe = torch.where(pos, den, torch.ones_like(den))
-    f = torch.where(pos, k2 / safe, torch.zeros_like(den))
-    g = torch.where(pos, a / safe, torch.ones_like(den))
-    w = sp.w
+    e = torch.exp(t)[..., None]                      # (B, G, 1)
+    d = 1.0 / (sp.q[:, None, :] + e)                 # 1 / (q + eps) = |R|^2 / (|K|^2 + eps |R|^2)
+    g = e * d
+    f = 1.0 - g
     out = {}
-    out["res"] = (g * g * y2) @ w / sp.n_pix + sp.res_extra[:, None]
-    out["dof"] = g @ w + sp.dof_extra
-    # |R|^2 f^2 |Y|^2 / |K|^2 without dividing by |K|^2.
-    q = torch.where(pos, r2 * k2 * y2 / (safe * safe), torch.zeros_like(den))
-    out["semi"] = q @ w / sp.n_pix
+    g2 = g * g
+    out["res"] = _bsum(g2, sp.wy) + sp.res_extra[:, None]
+    out["dof"] = _bsum(g, sp.wa) + sp.dof_extra[:, None]
+    # ||R x||^2 = sum c |R|^2 f^2 |Y|^2 / |K|^2 / N = sum c |Y|^2 q / (q + eps)^2 / N
+    qd2 = f * d
+    out["semi"] = _bsum(qd2, sp.wy)
     if derivatives:
-        fg2 = f * g * g * y2
-        out["res1"] = 2 * (fg2 @ w) / sp.n_pix
-        out["res2"] = 2 * ((fg2 * (2 * f - g)) @ w) / sp.n_pix
-        qg = q * g
-        out["semi1"] = -2 * (qg @ w) / sp.n_pix
-        out["semi2"] = -2 * ((qg * (f - 2 * g)) @ w) / sp.n_pix
+        fg2 = f * g2
+        out["res1"] = 2 * _bsum(fg2, sp.wy)
+        out["res2"] = 2 * _bsum(fg2 * (2 * f - g), sp.wy)
+        qg = qd2 * g
+        out["semi1"] = -2 * _bsum(qg, sp.wy)
+        out["semi2"] = -2 * _bsum(qg * (f - 2 * g), sp.wy)
     return out
 
 
 def _risk(sp: _Spectra, t: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-    """Unbiased solution-risk estimate (up to a constant), t (B, G), s2 (B,) noise variance."""
-    eps = torch.exp(t)[..., None]
-    k2, r2, y2 = sp.k2[:, None, :], sp.r2[:, None, :], sp.y2[:, None, :]
-    a = eps * r2
-    den = k2 + a
-    pos = den > 0
-    safe = torch.where(pos, den, torch.ones_like(den))
-    g = torch.where(pos, a / safe, torch.ones_like(den))
-    # Frequencies with |K|^2 = 0 have f = 0: no eps-dependent contribution.
-    keep = pos & (k2 > 0)
-    term = (2 * s2[:, None, None] - (1 + g) * y2 / sp.n_pix) / safe
-    return torch.where(keep, term, torch.zeros_like(term)) @ sp.w
+    """Unbiased solution-risk estimate (up to a constant), t (B, G), s2 (B,) noise variance.
+
+    ``sum_w c (2 s^2 - (1 + g) |Y|^2 / N) / (|K|^2 + eps |R|^2)``; frequencies
+    with ``|K|^2 = 0`` or ``|R|^2 = 0`` contribute a constant.
+    """
+    e = torch.exp(t)[..., None]
+    d = 1.0 / (sp.q[:, None, :] + e)
+    return _bsum(d, 2 * s2[:, None] * sp.wr - sp.wry) - _bsum(e * d * d, sp.wry)
 
 
 def _objective(sp: _Spectra, rule: str, t: torch.Tensor, s2: Optional[torch.Tensor],
@@ -232,7 +289,7 @@ def _objective(sp: _Spectra, rule: str, t: torch.Tensor, s2: Optional[torch.Tens
 def _chunked(sp: _Spectra, rule, t, s2, tau) -> torch.Tensor:
     """:func:`_objective` over a (B, G) grid in chunks of G that fit the budget."""
     B, G = t.shape
-    per = max(1, _CHUNK_ELEMS // max(1, B * sp.k2.shape[-1]))
+    per = max(1, _CHUNK_ELEMS // max(1, B * sp.q.shape[-1]))
     return torch.cat([_objective(sp, rule, t[:, i:i + per], s2, tau) for i in range(0, G, per)],
                      dim=1)
 
@@ -243,21 +300,22 @@ def _chunked(sp: _Spectra, rule, t, s2, tau) -> torch.Tensor:
 
 def _log_range(sp: _Spectra, eps_range) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-system [lo, hi] in log eps where the filter factors move."""
-    B = sp.k2.shape[0]
+    B = sp.q.shape[0]
+    dev = sp.q.device
     if eps_range is not None:
         lo, hi = (math.log(float(v)) for v in eps_range)
-        return (torch.full((B,), lo, dtype=torch.float64, device=sp.k2.device),
-                torch.full((B,), hi, dtype=torch.float64, device=sp.k2.device))
-    ok = (sp.k2 > 0) & (sp.r2 > 0)
-    q = torch.where(ok, sp.k2 / torch.where(ok, sp.r2, torch.ones_like(sp.r2)),
-                    torch.full_like(sp.k2, float("nan")))
-    qmax = torch.where(ok, q, torch.full_like(q, -float("inf"))).amax(dim=-1)
-    qmin = torch.where(ok, q, torch.full_like(q, float("inf"))).amin(dim=-1)
+        return (torch.full((B,), lo, dtype=torch.float64, device=dev),
+                torch.full((B,), hi, dtype=torch.float64, device=dev))
+    ok = sp.wa > 0
+    qmax = torch.where(ok, sp.q, torch.full_like(sp.q, -float("inf"))).amax(dim=-1)
+    qmin = torch.where(ok, sp.q, torch.full_like(sp.q, float("inf"))).amin(dim=-1)
     valid = torch.isfinite(qmax) & torch.isfinite(qmin)
     qmax = torch.where(valid, qmax, torch.ones_like(qmax))
     qmin = torch.where(valid, qmin, torch.ones_like(qmin))
-    hi = torch.log(qmax)
-    lo = torch.maximum(torch.log(qmin), hi - RANGE_DECADES * math.log(10.0))
+    # Two decades beyond the extreme ratios: there every filter factor is
+    # within 1 % of 0 (or of 1), so no objective moves any more.
+    hi = torch.log(qmax) + 2 * math.log(10.0)
+    lo = torch.maximum(torch.log(qmin) - 2 * math.log(10.0), hi - RANGE_DECADES * math.log(10.0))
     # A range of (almost) one point: widen it by a decade each way.
     narrow = hi - lo < math.log(10.0)
     lo = torch.where(narrow, lo - math.log(10.0), lo)
@@ -314,11 +372,13 @@ def _search(sp: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float):
     """log eps (B,), objective (B,), fallback mask (B,) for one flattened problem."""
     lo, hi = _log_range(sp, eps_range)
     t = _grid(lo, hi)
-    vals = _chunked(sp, rule, t, s2, tau)
+    vals = _chunked(_binned(sp, BINS_PER_DECADE), rule, t, s2, tau)
+    fine = _binned(sp, 10 * BINS_PER_DECADE)
     step = float(((hi - lo) / (t.shape[1] - 1)).max())
-    energy = sp.y2 @ sp.w
+    # No data where the filter moves: every eps gives the same solution.
+    energy = sp.wy.sum(-1)
     if rule == "discrepancy":
-        return _root(sp, t, vals, s2, tau, energy, rtol)
+        return _root(sp, fine, t, vals, s2, tau, energy, rtol)
     flat = _flat(vals) | ~(energy > 0)
     vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
     i = vals.argmin(dim=1)
@@ -328,20 +388,20 @@ def _search(sp: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float):
     b = t[rows, (i + 1).clamp(max=G - 1)]
 
     def fun(x):
-        v = _objective(sp, rule, x, s2, tau)
+        v = _objective(fine, rule, x, s2, tau)
         return torch.where(torch.isfinite(v), v, torch.full_like(v, float("inf")))
 
     tb, fb = _golden(fun, a, b, _iters(step, rtol))
+    clipped = torch.zeros_like(flat)
     # Keep the grid point if the refinement did not improve on it (a minimum at
     # the end of the range).
-    gbest = vals[rows, i]
-    better = fb <= gbest
-    tb = torch.where(better, tb, t[rows, i])
-    fb = torch.where(better, fb, gbest)
-    return tb, fb, flat
+    tg = t[rows, i]
+    better = fb <= fun(tg[:, None])[:, 0]
+    tb = torch.where(better, tb, tg)
+    return tb, _objective(sp, rule, tb[:, None], s2, tau)[:, 0], flat, clipped
 
 
-def _root(sp, t, vals, s2, tau, energy, rtol):
+def _root(sp, fine, t, vals, s2, tau, energy, rtol):
     """Discrepancy: the root of the increasing ``res(t) - tau N s^2`` by bisection in t."""
     B, G = t.shape
     rows = torch.arange(B, device=t.device)
@@ -355,15 +415,16 @@ def _root(sp, t, vals, s2, tau, energy, rtol):
     step = float((t[:, 1] - t[:, 0]).max())
     for _ in range(max(1, int(math.ceil(math.log2(max(step, 1e-12) / math.log1p(rtol)))))):
         m = 0.5 * (a + b)
-        up = _objective(sp, "discrepancy", m[:, None], s2, tau)[:, 0] >= 0
+        up = _objective(fine, "discrepancy", m[:, None], s2, tau)[:, 0] >= 0
         b = torch.where(up, m, b)
         a = torch.where(up, a, m)
     tr = torch.where(low_end, t[:, 0], torch.where(high_end, t[:, -1], b))
     target = tau * sp.n_data * s2
     res = _objective(sp, "discrepancy", tr[:, None], s2, tau)[:, 0] + target
     ratio = res / torch.where(target > 0, target, torch.ones_like(target))
-    flat = ~(energy > 0) | low_end | high_end
-    return tr, ratio, flat
+    # The residual does not move (nothing the filter changes carries data).
+    flat = ~(energy > 0) | _flat(vals + target[:, None])
+    return tr, ratio, flat, (low_end | high_end) & ~flat
 
 
 # ---------------------------------------------------------------------------
@@ -473,8 +534,7 @@ def _prepare(k2, r2, y2, size, per, noise_std, noise_scale=None):
     w = wcol.expand(C, H, W // 2 + 1).reshape(-1)
     B = int(torch.Size(lead).numel())
     flat = lambda v: v.reshape(B, -1)  # noqa: E731
-    sp = _Spectra(flat(k2b), flat(r2b), flat(y2), w, float(H * W), float(C * H * W), 0.0,
-                  torch.zeros(B, dtype=torch.float64, device=y2.device))
+    sp = _compress(flat(k2b), flat(r2b), flat(y2), w, H * W, C * H * W)
     return sp, lead
 
 
@@ -492,8 +552,14 @@ def _noise_var(noise_std, rule, sp_shape_lead, est):
     return s * s
 
 
-def _finish(tb, fb, flat, lead, rule, fallback_eps, what="objective"):
+def _finish(tb, fb, flat, clipped, lead, rule, fallback_eps, what="objective"):
     eps = torch.exp(tb)
+    n_clip = int(clipped.sum())
+    if n_clip:
+        warnings.warn(f"choose_eps(rule={rule!r}): no eps in the search range meets the "
+                      f"discrepancy equation for {n_clip} of {clipped.numel()} system(s) (noise "
+                      f"level too small or too large for the data); using the nearer end of "
+                      f"the range there", RuntimeWarning, stacklevel=3)
     n_flat = int(flat.sum())
     if n_flat:
         warnings.warn(f"choose_eps(rule={rule!r}): the {what} does not determine eps for "
@@ -507,7 +573,7 @@ def _finish(tb, fb, flat, lead, rule, fallback_eps, what="objective"):
 def choose_eps(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
                rule: str = "auto", *, size: Tuple[int, int],
                noise_std: Union[None, float, torch.Tensor] = None, per: str = "plane",
-               tau: float = 1.0, rtol: float = 1e-3,
+               tau: float = 1.0, rtol: float = 1e-2,
                eps_range: Optional[Tuple[float, float]] = None,
                fallback_eps: float = FALLBACK_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Choose the Tikhonov weight eps per plane (or per sample) from power spectra.
@@ -554,8 +620,7 @@ def choose_eps(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
     dims = 2 if per == "plane" else 3
     s2 = _noise_var(noise_std, rule, lead, lambda: estimate_noise_spectrum(
         k2, y2, size, dims=dims).reshape(-1))
-    tb, fb, flat = _search(sp, rule, s2, tau, eps_range, rtol)
-    return _finish(tb, fb, flat, lead, rule, fallback_eps)
+    return _finish(*_search(sp, rule, s2, tau, eps_range, rtol), lead, rule, fallback_eps)
 
 
 def spectral_terms(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
@@ -572,8 +637,33 @@ def spectral_terms(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tenso
     return _terms_at(sp, lead, eps)
 
 
+def rule_objective(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor, rule: str,
+                   eps: torch.Tensor, *, size: Tuple[int, int],
+                   noise_std: Union[None, float, torch.Tensor] = None, per: str = "plane",
+                   tau: float = 1.0) -> torch.Tensor:
+    """The objective that :func:`choose_eps` minimises, at the eps values ``eps`` (G,).
+
+    Returns a float64 Tensor (..., G) (``...`` as :func:`choose_eps`'s result):
+    GCV, UPRE, the solution-risk estimate minus its eps-independent part,
+    ``residual - tau N s^2`` for "discrepancy" (its root is the choice), or
+    minus the L-curve curvature.
+    """
+    _check_common(rule, per, tau, 1e-2, None, FALLBACK_EPS)
+    noise_std = _check_positive("noise_std", noise_std)
+    rule = AUTO_RULE if rule == "auto" else rule
+    sp, lead = _prepare(k2, r2, y2, size, per, noise_std)
+    e = torch.as_tensor(eps, dtype=torch.float64, device=sp.q.device).reshape(-1)
+    if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    dims = 2 if per == "plane" else 3
+    s2 = _noise_var(noise_std, rule, lead, lambda: estimate_noise_spectrum(
+        k2, y2, size, dims=dims).reshape(-1))
+    t = torch.log(e)[None, :].expand(sp.q.shape[0], -1)
+    return _chunked(sp, rule, t, s2, tau).reshape(*lead, -1)
+
+
 def _terms_at(sp, lead, eps) -> SpectralTerms:
-    e = torch.as_tensor(eps, dtype=torch.float64, device=sp.k2.device)
+    e = torch.as_tensor(eps, dtype=torch.float64, device=sp.q.device)
     if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
     t = torch.log(e.expand(lead).reshape(-1, 1))
@@ -618,7 +708,7 @@ def svd_power(K: torch.Tensor, Y: torch.Tensor):
 def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", *,
                    size: Tuple[int, int], n_out: int, y2_perp: Optional[torch.Tensor] = None,
                    noise_std: Union[None, float, torch.Tensor] = None, tau: float = 1.0,
-                   rtol: float = 1e-3, eps_range: Optional[Tuple[float, float]] = None,
+                   rtol: float = 1e-2, eps_range: Optional[Tuple[float, float]] = None,
                    fallback_eps: float = FALLBACK_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Choose eps for a multi-channel layer ``(K^H K + eps I)^-1 K^H`` per sample.
 
@@ -668,16 +758,15 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
         y2_perp = _check_power("y2_perp", y2_perp)
         extra = (y2_perp.to(torch.float64).expand(*lead, H, W // 2 + 1).reshape(B, -1, W // 2 + 1)
                  @ wcol).sum(-1) / (H * W)
-    sp = _Spectra(s2b, torch.ones_like(s2b), y2b, w, float(H * W), float(n_out * H * W),
-                  float((n_out - k) * H * W), extra)
+    sp = _compress(s2b, torch.ones_like(s2b), y2b, w, H * W, n_out * H * W,
+                   float((n_out - k) * H * W), extra)
 
     def est():
         # Power per frequency and output channel of the smallest singular values.
         return estimate_noise_spectrum(s2b, y2b, size, dims=1)
 
     s2n = _noise_var(noise_std, rule, lead, est)
-    tb, fb, flat = _search(sp, rule, s2n, tau, eps_range, rtol)
-    return _finish(tb, fb, flat, lead, rule, fallback_eps)
+    return _finish(*_search(sp, rule, s2n, tau, eps_range, rtol), lead, rule, fallback_eps)
 
 
 # ---------------------------------------------------------------------------
@@ -700,7 +789,7 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
                       geometry, rule: str = "auto", *, psf_size: Tuple[int, int],
                       taper: Optional[int] = None,
                       noise_std: Union[None, float, torch.Tensor] = None, per: str = "plane",
-                      tau: float = 1.0, rtol: float = 1e-3,
+                      tau: float = 1.0, rtol: float = 1e-2,
                       eps_range: Optional[Tuple[float, float]] = None,
                       fallback_eps: float = FALLBACK_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Choose eps for the padded fast path of a non-circular boundary.
