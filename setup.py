@@ -23,16 +23,14 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _record_build_info() -> None:
+def _record_build_info(mkl_dfti: bool) -> None:
     # By file path: importing the package would load the extension being built.
     spec = importlib.util.spec_from_file_location(
         "_deconv_ext_build_check", os.path.join(HERE, "deconv_ext", "build_check.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.write_build_info(os.path.join(HERE, "deconv_ext"))
+    module.write_build_info(os.path.join(HERE, "deconv_ext"), mkl_dfti=mkl_dfti)
 
-
-_record_build_info()
 
 cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
 if os.environ.get("DECONV_EXT_NATIVE", "0") == "1":
@@ -49,6 +47,7 @@ if (os.environ.get("DECONV_EXT_MKL_DFTI", "1") != "0" and torch.backends.mkl.is_
         and os.path.exists(os.path.join(mkl_include, "mkl_dfti.h"))):
     include_dirs.append(mkl_include)
     macros.append(("DECONV_EXT_MKL_DFTI", "1"))
+_record_build_info(mkl_dfti=bool(macros))
 
 setup(
     ext_modules=[

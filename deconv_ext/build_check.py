@@ -49,7 +49,8 @@ def recorded() -> Optional[dict]:
         info = importlib.import_module(_INFO_MODULE)
     except ImportError:
         return None
-    return {"torch_version": info.TORCH_VERSION, "cxx11_abi": bool(info.CXX11_ABI)}
+    return {"torch_version": info.TORCH_VERSION, "cxx11_abi": bool(info.CXX11_ABI),
+            "mkl_dfti": bool(getattr(info, "MKL_DFTI", False))}
 
 
 def check_build(built: Optional[dict] = None, now: Optional[dict] = None) -> None:
@@ -80,13 +81,18 @@ def check_build(built: Optional[dict] = None, now: Optional[dict] = None) -> Non
         f"{int(now['cxx11_abi'])}) is running; {REBUILD_HINT}")
 
 
-def write_build_info(package_dir: str) -> str:
-    """Write ``_build_info.py`` recording the running torch into ``package_dir``; its path."""
+def write_build_info(package_dir: str, mkl_dfti: bool = False) -> str:
+    """Write ``_build_info.py`` into ``package_dir``; returns its path.
+
+    It records the running torch and whether the extension is compiled with
+    MKL's DFTI header (``mkl_dfti``: the CPU pipelines can call MKL directly).
+    """
     info = running()
     path = os.path.join(package_dir, "_build_info.py")
     text = ('"""Written by setup.py: the torch deconv_ext._C was compiled against."""\n'
             f"TORCH_VERSION = {info['torch_version']!r}\n"
-            f"CXX11_ABI = {info['cxx11_abi']!r}\n")
+            f"CXX11_ABI = {info['cxx11_abi']!r}\n"
+            f"MKL_DFTI = {bool(mkl_dfti)!r}\n")
     old = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:

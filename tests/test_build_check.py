@@ -55,11 +55,13 @@ def test_recorded_info_is_read_from_the_build_info_module(monkeypatch, tmp_path)
     exec(open(path).read(), namespace)
     assert namespace["TORCH_VERSION"] == torch.__version__
     assert namespace["CXX11_ABI"] == bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    assert namespace["MKL_DFTI"] is False
 
     fake = type(sys)("deconv_ext._build_info")
     fake.TORCH_VERSION, fake.CXX11_ABI = "1.13.1", namespace["CXX11_ABI"]
+    fake.MKL_DFTI = True
     monkeypatch.setitem(sys.modules, "deconv_ext._build_info", fake)
-    assert build_check.recorded() == {"torch_version": "1.13.1",
+    assert build_check.recorded() == {"torch_version": "1.13.1", "mkl_dfti": True,
                                       "cxx11_abi": namespace["CXX11_ABI"]}
     with pytest.raises(ImportError, match="built against torch 1.13.1"):
         build_check.check_build()

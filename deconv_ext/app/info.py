@@ -109,7 +109,8 @@ def format_info(info: Dict[str, Any], as_json: bool = False) -> str:
         lines.append(f"extension    NOT loaded: {ext['error']}")
     if built:
         lines.append(f"  built for  torch {built['torch_version']}, C++11 ABI "
-                     f"{int(built['cxx11_abi'])}")
+                     f"{int(built['cxx11_abi'])}, "
+                     f"{'with' if built['mkl_dfti'] else 'without'} MKL's DFTI header")
     fft = info["fft"]
     lines.append(f"FFT library  {fft['cpu_library']} (eager CPU calls; set {fft['env']})")
     lines.append(f"FFT cache    {fft['cache']}{'' if fft['cache_exists'] else ' (not written yet)'}")
