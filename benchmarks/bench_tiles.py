@@ -226,7 +226,7 @@ def memory_table(r):
 
 # -- speed ----------------------------------------------------------------------
 
-def run_speed(n=8192, tiles=(512, 1024, 2048, 4096), rounds=3):
+def run_speed(n=8192, tiles=(512, 1024, 2048, 4096), rounds=7):
     psf, eps = dx.gaussian(3.0), 1e-2
     y = torch.from_numpy(test_image((n, n), psf))
     plan = dx.DeconvPlan(psf, (n, n), eps=eps, boundary="reflect")
@@ -325,7 +325,7 @@ def main(argv=None):
                      "clear_refs):\n\n" + memory_table(result["memory"]))
     if "speed" not in skip:
         result["speed"] = run_speed()
-        parts.append("Speed (median of 3 side-by-side rounds):\n\n" + speed_table(result["speed"]))
+        parts.append("Speed (median of 7 side-by-side rounds):\n\n" + speed_table(result["speed"]))
     if "dask" not in skip:
         result["dask"] = run_dask()
         parts.append("Dask (median of 3 side-by-side rounds):\n\n" + dask_table(result["dask"]))
