@@ -5,7 +5,7 @@ Semantics
 For a non-circular ``boundary`` the result is defined as **the observation
 extended by the boundary rule far enough for the inverse filter (its reach),
 solved circularly, and cropped**. With ``FAST_PAD_MODE`` the extension rule of
-the padded fast path (``deconv_ext.boundary``), that is::
+the padded fast path (``deconv_ext.plans.padded``), that is::
 
     x = crop( circ_solve_N( pad_rule(y, >= reach on each side) ) )
 
@@ -41,9 +41,11 @@ written one window at a time.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
+import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -59,9 +61,11 @@ __all__ = ["DEFAULT_TILE", "DEFAULT_TOL", "Reach", "TiledInfo", "filter_reach",
            "impulse_response", "tail_mass", "extension_index", "tile_geometry",
            "deconvolve_tiled", "deconvolve_tiff"]
 
-# Chosen from benchmarks/bench_tiles.py (tiled throughput at 8192^2 against the
-# untiled padded solve, 2-core CPU): see RESULTS.md, "tiled solve".
-DEFAULT_TILE = (1024, 1024)
+# Chosen from benchmarks/bench_tiles.py (8192^2 float32, Gaussian sigma=3,
+# eps=1e-2, 2-core CPU, RESULTS.md "tiled solve"): 2048^2 tiles had the highest
+# throughput (1.9x the one-shot untiled solve; 1024: 1.0x, 512: 0.4x, where
+# the margin and per-tile overheads dominate; 4096: 1.6x) and cost ~0.1 GiB.
+DEFAULT_TILE = (2048, 2048)
 # Tail of the inverse filter's L1 mass left outside the overlap. With the
 # bound ``tail * range(y)`` and ||h||_1 of at most a few hundred for
 # eps >= 1e-4 this keeps seams near or below 1e-4 of the range even in the
@@ -73,6 +77,11 @@ DEFAULT_TOL = 1e-6
 # cut-off of ``method="pinv"``, a tiny eps) needs an explicit overlap.
 _MAX_RESPONSE_PIXELS = 1 << 25
 _MAX_RESPONSE_SIDE = 1 << 16
+# Reaches already computed in this process (one costs a few FFTs of up to
+# 2^25 pixels), keyed by the PSF's and regulariser's bytes and the parameters.
+_MAX_CACHED_REACHES = 32
+_reach_cache: dict = {}
+_reach_lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------
@@ -217,9 +226,36 @@ def filter_reach(plan_or_psf, eps: float = 1e-2, method: str = "tikhonov", reg=N
     ValueError
         If the filter has not decayed to ``tol`` on the largest grid tried
         (2^25 pixels): pass an explicit overlap, or use a larger eps / tol.
+
+    Notes
+    -----
+    Results are kept per process (the last 32 parameter sets), so repeated
+    tiled or Dask calls with one PSF compute the reach once.
     """
     psf, eps, method, reg, rcond = _filter_args(plan_or_psf, eps, method, reg, rcond)
     tol = _tol(tol)
+    key = _reach_key(psf, eps, method, reg, rcond, tol)
+    with _reach_lock:
+        if key in _reach_cache:
+            return _reach_cache[key]
+    reach = _compute_reach(psf, eps, method, reg, rcond, tol)
+    with _reach_lock:
+        _reach_cache[key] = reach
+        while len(_reach_cache) > _MAX_CACHED_REACHES:
+            _reach_cache.pop(next(iter(_reach_cache)))
+    return reach
+
+
+def _reach_key(psf, eps, method, reg, rcond, tol):
+    def content(t):
+        b = t.detach().cpu().to(torch.float64).contiguous().numpy().tobytes()
+        return (hashlib.sha1(b).hexdigest(), tuple(t.shape), str(t.dtype))
+
+    r = content(reg) if isinstance(reg, torch.Tensor) else reg
+    return (content(psf), eps, method, r, rcond, tol)
+
+
+def _compute_reach(psf, eps, method, reg, rcond, tol) -> Reach:
     kh, kw = psf.shape[-2:]
     size = [spectral.next_fast_size(max(256, 8 * kh)), spectral.next_fast_size(max(256, 8 * kw))]
     while True:
@@ -259,7 +295,7 @@ def _tol(tol) -> float:
 def extension_index(start: int, length: int, n: int, mode: str) -> np.ndarray:
     """Source index in [0, n) of the extended indices ``start .. start + length - 1``.
 
-    ``mode`` as in :data:`deconv_ext.boundary.FAST_PAD_MODE` values: "reflect"
+    ``mode`` as in :data:`deconv_ext.plans.padded.FAST_PAD_MODE` values: "reflect"
     (``dcb|abcd|cba``), "symmetric" (``cba|abcd|dcb``), "replicate"; any
     distance from the image (several reflections if needed).
     """
@@ -493,7 +529,7 @@ def deconvolve_tiled(image, psf: torch.Tensor, eps: float = 1e-2, method: str = 
     reg : None, "laplacian" or Tensor
     boundary : {"reflect", "symmetric", "replicate", "zeros"}, default "reflect"
         How the image is extended past its edges (the rule of the padded fast
-        path, ``deconv_ext.boundary.FAST_PAD_MODE``: "zeros" is extended by
+        path, ``deconv_ext.plans.padded.FAST_PAD_MODE``: "zeros" is extended by
         "replicate"). "circular" is rejected: a tile has no periodic
         neighbour to wrap to.
     rcond : float, optional; the pseudo-inverse threshold (see DeconvPlan).

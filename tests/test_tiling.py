@@ -83,9 +83,11 @@ def test_filter_reach_tail_against_numpy(psf, eps, tol):
     assert r.tail <= tol
     # Not grossly larger than needed: half the margin leaves more than tol out.
     assert np_outside(h, r.rows // 2, r.cols // 2) > tol
-    # The plan's own filter gives the same reach.
+    # The plan's own filter gives the same reach (computed again, not cached).
+    tiling._reach_cache.clear()
     plan = dx.DeconvPlan(psf, (64, 64), eps=eps)
     assert filter_reach(plan, tol=tol) == r
+    assert filter_reach(psf, eps, tol=tol) is filter_reach(psf, eps, tol=tol)
 
 
 def test_filter_reach_motion_is_anisotropic():

@@ -32,7 +32,7 @@ from ..maths import padding
 from ..maths.dct import dct2, idct2
 from . import cpu_fft, fft_choice
 from .cuda import interpreter_kernels
-from .library import cpp, ops
+from .library import cpp, ops, require
 from .threads import call_single_threaded
 
 __all__ = ["TABLE", "route", "deconv2d", "filter2d", "padded_deconv2d", "dct_solve", "pad",
@@ -246,7 +246,11 @@ def crop(x, top: int, left: int, height: int, width: int, dtype=None):
 
 
 def kernel_spectrum(psf, height: int, width: int):
-    """Half-spectrum transfer function of a PSF at (height, width) (op ``kernel_spectrum``)."""
+    """Half-spectrum transfer function of a PSF at (height, width) (op ``kernel_spectrum``).
+
+    Every plan starts here: without a build, this says how to build.
+    """
+    require()
     return ops.kernel_spectrum(psf, height, width)
 
 
