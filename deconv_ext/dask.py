@@ -11,7 +11,7 @@ agree to within twice ``TiledInfo.seam_bound``.
 Boundaries
 ----------
 The extension rule is that of the padded fast path
-(``deconv_ext.boundary.FAST_PAD_MODE``); on Dask's side (verified in
+(``deconv_ext.plans.padded.FAST_PAD_MODE``); on Dask's side (verified in
 tests/test_dask.py):
 
 =============  ===========================  =====================================

@@ -156,7 +156,7 @@ def reg(value, img_shape: Sequence[int]):
     raise TypeError(f"reg={value!r} is not valid; expected None, 'laplacian' or a kernel tensor")
 
 
-# -- boundaries and exact solvers (deconv_ext.boundary / deconv_ext.solvers) --
+# -- boundaries and exact solvers (deconv_ext.plans.padded / deconv_ext.solvers) --
 SOLVERS = ("fft", "cg", "dct")
 PADDINGS = ("same", "valid")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")

@@ -145,7 +145,7 @@ class DeconvPlan(Plan):
         weight : Tensor (C_out, C_in / groups, kh, kw)
             Any layer. Depthwise layers (``groups == C_in == C_out``) get an
             element-wise plan; every other layer a
-            :class:`deconv_ext.multichannel.MultiChannelPlan` (one
+            :class:`deconv_ext.LayerPlan` (one
             ``C_in/groups x C_out/groups`` matrix per frequency and group).
         image_size : (H, W)
         groups, dilation : as in ``F.conv2d`` (stride 1)
