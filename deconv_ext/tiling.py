@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from . import validation as V
-from .maths import spectral
+from .maths import padding, spectral
 from .plans import DeconvPlan
 from .plans.padded import FAST_PAD_MODE
 
@@ -299,20 +299,11 @@ def extension_index(start: int, length: int, n: int, mode: str) -> np.ndarray:
     (``dcb|abcd|cba``), "symmetric" (``cba|abcd|dcb``), "replicate"; any
     distance from the image (several reflections if needed).
     """
-    i = np.arange(start, start + length, dtype=np.int64)
-    if mode == "replicate":
-        return np.clip(i, 0, n - 1)
-    if mode == "reflect":
-        if n == 1:
-            return np.zeros_like(i)
-        p = 2 * (n - 1)
-        m = np.mod(i, p)
-        return np.where(m < n, m, p - m)
-    if mode == "symmetric":
-        p = 2 * n
-        m = np.mod(i, p)
-        return np.where(m < n, m, p - 1 - m)
-    raise ValueError(f"mode={mode!r} is not valid; expected 'reflect', 'symmetric' or 'replicate'")
+    if mode not in ("reflect", "symmetric", "replicate"):
+        raise ValueError(f"mode={mode!r} is not valid; expected 'reflect', 'symmetric' or "
+                         f"'replicate'")
+    # The one statement of the extension rules (the pad op's, in pure torch).
+    return padding.index_map(length, -start, n, mode, "cpu").numpy()
 
 
 @dataclass(frozen=True)
