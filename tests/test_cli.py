@@ -156,7 +156,9 @@ def test_single_bad_file_is_one_line_and_no_output(tmp_path, capsys, content):
 
 @pytest.mark.parametrize("spec", ["foo:1", "gaussian:", "gaussian:-1", "gaussian:1,2,3",
                                   "box:2.5", "box:0", "motion:abc,3", "disk:nan", "missing.npy",
-                                  "gaussian"])
+                                  "gaussian", "box:nan", "box:inf", "gaussian:1e308",
+                                  "gaussian:2,1e400", "box:1e12", "motion:1e9,0", "disk:1e6",
+                                  "gaussian:20000"])
 def test_bad_psf_spec(tmp_path, capsys, sharp, spec):
     src = tmp_path / "in.png"
     Image.fromarray(_quantise(sharp, np.uint8)).save(src)

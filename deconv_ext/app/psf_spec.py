@@ -6,6 +6,8 @@ A spec is ``gaussian:SIGMA[,SIZE]``, ``box:SIZE``, ``motion:LENGTH,ANGLE``,
 """
 from __future__ import annotations
 
+import math
+
 import os
 
 import numpy as np
@@ -33,11 +35,20 @@ _CONSTRUCTORS = {
 }
 
 
+#: Largest size, length, radius or sigma a ``--psf`` spec may ask for (pixels).
+MAX_PARAMETER = 4096
+
+
 def _number(text: str, spec: str, integer: bool = False):
     try:
         v = float(text)
     except ValueError:
         raise PSFSpecError(f"--psf {spec!r}: {text!r} is not a number") from None
+    # A PSF parameter past MAX_PARAMETER pixels would build a kernel larger than
+    # any image this tool can hold (and NaN/inf builds none at all).
+    if not math.isfinite(v) or abs(v) > MAX_PARAMETER:
+        raise PSFSpecError(f"--psf {spec!r}: {text!r} is not valid; expected a finite number "
+                           f"of at most {MAX_PARAMETER:g} pixels")
     if integer:
         if v != int(v):
             raise PSFSpecError(f"--psf {spec!r}: {text!r} must be a whole number of pixels")
@@ -112,7 +123,7 @@ def parse_spec(spec: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         values = [_number(p, spec, integer=i) for p, i in zip(parts, integer)]
         try:
             return fn(*values, dtype=dtype)
-        except ValueError as exc:
+        except (ValueError, MemoryError, OverflowError) as exc:
             raise PSFSpecError(f"--psf {spec!r}: {exc}") from None
     if os.path.exists(spec):
         return load_psf_file(spec, dtype)
