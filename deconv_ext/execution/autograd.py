@@ -234,7 +234,7 @@ def _dct_backward(ctx, grad):
 torch.library.register_autograd("deconv_ext::dct_solve", _dct_backward, setup_context=_dct_setup)
 
 
-def _no_second_order(name: str, n_inputs: int):
+def _no_second_order(name: str):
     """Autograd of a kernel-gradient op: its own gradient is not implemented.
 
     Without this, autograd would treat the op as a constant and a Hessian
@@ -251,6 +251,6 @@ def _no_second_order(name: str, n_inputs: int):
     torch.library.register_autograd(f"deconv_ext::{name}", backward, setup_context=setup)
 
 
-for _name, _n in (("spectral_solve_backward", 6), ("spectral_mul_grad_k", 4),
-                  ("deconv2d_grad_k", 7), ("filter2d_grad_k", 4)):
-    _no_second_order(_name, _n)
+for _name in ("spectral_solve_backward", "spectral_mul_grad_k", "deconv2d_grad_k",
+              "filter2d_grad_k"):
+    _no_second_order(_name)
