@@ -1,0 +1,39 @@
+// The pybind11 module deconv_ext._C: only what the execution layer calls
+// without the dispatcher — the eager CPU fast paths (no autograd, ~30 us less
+// per call), the in-place solve that the scipy/FFTW pipelines run between
+// their FFTs, and the MKL switch. Everything else is reached through
+// torch.ops.deconv_ext (csrc/ops.cpp).
+//
+// A file of its own, including torch's pybind11 casters rather than
+// <torch/extension.h>: the pybind11 templates are the slowest part of the
+// build, and apart from the op registrations they compile in parallel.
+#include <torch/csrc/utils/pybind.h>
+
+#include "dct.h"
+#include "fft.h"
+#include "pipeline.h"
+#include "spectral.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "deconv_ext CPU kernels called without the dispatcher (all are also torch.ops.deconv_ext.*)";
+  m.def("mkl_dfti_enabled", &deconv_ext::mkl_dfti_enabled,
+        "whether the CPU pipelines call MKL's DFTI directly (else torch.fft)");
+  m.def("set_mkl_dfti", &deconv_ext::set_mkl_dfti,
+        "allow (true, the default) or forbid the pipelines' direct MKL DFTI calls",
+        py::arg("enabled"));
+  m.def("spectral_solve_", &deconv_ext::spectral_solve_, "in-place fused spectral solve",
+        py::arg("y"), py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  m.def("deconv2d", &deconv_ext::deconv2d, "rfft2 -> fused solve -> irfft2", py::arg("image"),
+        py::arg("k"), py::arg("reg"), py::arg("eps"), py::arg("thresh"), py::arg("adjoint"));
+  m.def("filter2d", &deconv_ext::filter2d, "rfft2 -> K or conj(K) -> irfft2", py::arg("x"),
+        py::arg("k"), py::arg("conj"));
+  m.def("padded_deconv2d", &deconv_ext::padded_deconv2d,
+        "crop(deconv2d(pad(image))): the fast padded solve", py::arg("image"), py::arg("top"),
+        py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"), py::arg("k"),
+        py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  m.def("dct_solve", &deconv_ext::dct_solve,
+        "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
+        py::arg("image"), py::arg("filter"));
+}
