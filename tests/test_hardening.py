@@ -209,3 +209,20 @@ def test_an_eps_tensor_that_does_not_broadcast_is_named():
     with pytest.raises(ValueError, match="the plan's eps tensor"):
         plan(torch.rand(8, 8))
     assert plan(torch.rand(2, 2, 8, 8)).shape == (2, 2, 8, 8)
+
+
+def test_device_tensor_cache_keys_follow_the_object_and_its_version():
+    # The branch GPU PSFs take (no copy to the host), run here on "meta".
+    from deconv_ext.plans import cache
+
+    t = torch.empty(3, 3, device="meta")
+    key = cache._digest(t)
+    assert cache._digest(t) == key                     # the same object, unchanged: a hit
+    t.add_(1.0)
+    changed = cache._digest(t)
+    assert changed != key                               # changed in place: a new key
+    other = torch.empty(3, 3, device="meta")
+    assert cache._digest(other) not in (key, changed)   # an equal-looking new tensor: new key
+    del t
+    reborn = torch.empty(3, 3, device="meta")           # may reuse the freed id
+    assert cache._digest(reborn) not in (key, changed)

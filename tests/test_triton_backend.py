@@ -488,6 +488,29 @@ def test_cuda_multichannel_matches_cpu(gen):
 
 @pytest.mark.cuda
 @cuda
+def test_cuda_layer_plan_calls_do_not_sync(gen):
+    """Multi-channel plan calls (the stored filter, and matrix-free Tikhonov
+    that solves per row block) never wait for the host."""
+    import deconv_ext as dx
+
+    w = (torch.randn(3, 3, 5, 5, generator=gen) * 0.2).cuda()
+    out = torch.randn(2, 3, 40, 36, generator=gen).cuda()
+    plans = [dx.LayerPlan(w, (40, 36), eps=1e-3),
+             dx.LayerPlan(w, (40, 36), eps=1e-3, max_filter_bytes=0)]
+    expect = dx.LayerPlan(w.cpu(), (40, 36), eps=1e-3)(out.cpu())
+    for plan in plans:
+        plan(out)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = plan(out)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        close(got.cpu(), expect, 1e-3, 1e-3)
+
+
+@pytest.mark.cuda
+@cuda
 def test_cuda_plan_call_graph_capturable(gen):
     """A plan call is captured in a CUDA graph with no host synchronisation."""
     import deconv_ext as dx
@@ -512,6 +535,32 @@ def test_cuda_plan_call_graph_capturable(gen):
     graph.replay()
     torch.cuda.synchronize()
     close(out, plan(fresh), 1e-6, 1e-6)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_one_shot_calls_reuse_their_plan_without_syncing(gen):
+    """Repeated one-shot ``deconvolve`` with the same CUDA PSF builds its plan
+    once and, after that, neither rebuilds it nor synchronises with the host."""
+    import deconv_ext as dx
+    from deconv_ext.plans import cache
+
+    cache.clear()
+    psf = (torch.rand(5, 5, generator=gen) + 0.1).cuda()
+    y = (torch.rand(2, 3, 64, 48, generator=gen) + 0.1).cuda()
+    first = dx.deconvolve(y, psf, 1e-2)
+    assert len(cache._plans) == 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = dx.deconvolve(y, psf, 1e-2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(cache._plans) == 1
+    close(again, first, 0, 0)
+    psf.mul_(2.0)  # changed in place: a new plan, the right answer
+    close(dx.deconvolve(y, psf, 1e-2).cpu(), dx.deconvolve(y.cpu(), psf.cpu(), 1e-2), 1e-4, 1e-4)
+    assert len(cache._plans) == 2
 
 
 @pytest.mark.cuda

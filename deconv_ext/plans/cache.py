@@ -5,7 +5,10 @@ size: an FFT as large as the image) on every call. A pipeline that deblurs
 frame after frame with the same PSF would pay that each time; so plans are
 kept, keyed by the PSF's *content* (its bytes, not its identity: a tensor
 refilled in place gives a new key), shape, dtype and device, and by every
-other argument. Only eager calls with small float PSFs and scalar
+other argument. Hashing a GPU tensor's bytes would copy it to the host (a
+sync per call), so there the key is the tensor object itself and its
+version counter instead: the same PSF tensor, unchanged, hits; a tensor
+changed in place, or a new one with equal values, builds a new plan. Only eager calls with small float PSFs and scalar
 hyper-parameters are cached: under autograd or ``torch.compile`` the plan
 must be built in the graph. At most ``MAX_PLANS`` plans and ``MAX_BYTES`` of
 spectra are kept (least recently used first out); a plan larger than a
@@ -15,6 +18,7 @@ its call.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -32,6 +36,7 @@ _lock = threading.Lock()
 _plans: "OrderedDict[Hashable, object]" = OrderedDict()
 _digests: dict = {}  # id(tensor) -> (weak reference, version, digest)
 _sizes: dict = {}
+_tokens = itertools.count()  # identities of device tensors, never reused
 
 
 def clear() -> None:
@@ -42,16 +47,22 @@ def clear() -> None:
 
 
 def _digest(t: torch.Tensor) -> str:
-    """A hash of the tensor's content, remembered per tensor object and version.
+    """A key for the tensor's content, remembered per tensor object and version.
 
     ``Tensor._version`` grows with every in-place change, so a tensor refilled
-    in place is hashed again; a PSF reused call after call is hashed once.
+    in place gets a new key; a PSF reused call after call is hashed once. A
+    CPU tensor's key is a hash of its bytes; a device tensor's is a token
+    drawn once per tensor object (the same object and version: the same
+    content) — no copy to the host.
     """
     memo = _digests.get(id(t))
     if memo is not None and memo[0]() is t and memo[1] == t._version:
         return memo[2]
-    raw = t.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
-    digest = hashlib.blake2b(memoryview(raw.numpy()), digest_size=16).hexdigest()
+    if t.device.type == "cpu":
+        raw = t.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
+        digest = hashlib.blake2b(memoryview(raw.numpy()), digest_size=16).hexdigest()
+    else:
+        digest = f"object-{next(_tokens)}-version-{t._version}"
     if len(_digests) >= 4 * MAX_PLANS:
         _digests.clear()
     # A weak reference: an id can be reused once its tensor is freed.
@@ -60,7 +71,7 @@ def _digest(t: torch.Tensor) -> str:
 
 
 def _cacheable(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and not t.requires_grad and t.numel() <= MAX_PSF_ELEMENTS
+    return t.device.type != "meta" and not t.requires_grad and t.numel() <= MAX_PSF_ELEMENTS
 
 
 def _key(psf: torch.Tensor, extra: tuple) -> Optional[Hashable]:

@@ -175,14 +175,17 @@ def _filter_math(K: torch.Tensor, eps: float, thresh: Optional[torch.Tensor]) ->
     if eps == 0:
         U, S, Vh = torch.linalg.svd(K, full_matrices=False)
         return pinv_from_svd(U, S, Vh, thresh)
+    # A = K^H K + eps I (or K K^H + eps I) is Hermitian positive definite for
+    # eps > 0, never singular: solve_ex without its error check, which on CUDA
+    # is a host sync per call (per row block of a matrix-free plan).
     if N <= M:
         Kh = K.mH
         A = Kh @ K + eps * torch.eye(N, dtype=K.dtype, device=K.device)
-        G = torch.linalg.solve(A, Kh)
+        G = torch.linalg.solve_ex(A, Kh, check_errors=False)[0]
     else:
         A = K @ K.mH + eps * torch.eye(M, dtype=K.dtype, device=K.device)
         # K^H (K K^H + eps I)^-1 = ((K K^H + eps I)^-1 K)^H, the matrix being Hermitian.
-        G = torch.linalg.solve(A, K).mH
+        G = torch.linalg.solve_ex(A, K, check_errors=False)[0].mH
     return G.resolve_conj()
 
 
