@@ -242,15 +242,15 @@ def _expand_inputs(paths: Sequence[str]) -> List[Job]:
 
 def _probe_writable(folder: str) -> None:
     # The nearest existing ancestor says why a folder cannot be made there
-    # ("/dev/null/x.png": /dev/null is a file), where makedirs says only
+    # ("-o /dev/null/x.png": /dev/null is a file), where makedirs says only
     # "File exists" or "Not a directory".
     up = os.path.abspath(folder)
     while not os.path.exists(up) and os.path.dirname(up) != up:
         up = os.path.dirname(up)
     if os.path.exists(up) and not os.path.isdir(up):
-        where = "" if up == os.path.abspath(folder) else f": {up!r} is not a folder"
-        raise UsageError(f"cannot write to output folder {folder!r}"
-                         f"{where or ' (it exists and is not a folder)'}")
+        why = ("it exists and is not a folder" if up == os.path.abspath(folder)
+               else f"{up!r} is not a folder")
+        raise UsageError(f"cannot write to output folder {folder!r}: {why}")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
