@@ -413,6 +413,8 @@ def cmd_deblur(args) -> int:
                                                      ("--overlap", args.overlap),
                                                      ("--boundary", tiling.boundary),
                                                      ("--psf", args.psf)) if v is not None)
+            if "overlap=" in reason:
+                reason += " (here: --overlap N or NH,NW)"
             raise UsageError(f"{what}: {reason}")
     plan_outputs(jobs, args.output, args.format, args.suffix)
 
