@@ -35,7 +35,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 __all__ = ["ImageError", "EXTENSIONS", "ZARR_EXTENSION", "DEFAULT_MAX_PIXELS", "read_image",
-           "open_image", "image_header", "write_image", "is_image_path", "is_zarr_path",
+           "open_image", "write_image", "is_image_path", "is_zarr_path",
            "path_problem", "atomic_output", "check_free_space", "memmap_output",
            "count_nonfinite", "to_unit_float", "from_unit_float", "unit_to_dtype",
            "convert_alpha", "channel_views", "check_encodable", "MEMMAP_EXTENSIONS"]
@@ -324,27 +324,6 @@ def open_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
         else:
             return _check_array(arr, path), True
     return read_image(path, max_pixels), False
-
-
-def image_header(path: str) -> Tuple[Tuple[int, ...], Optional[np.dtype]]:
-    """(shape, dtype) an image file declares, read from its header only.
-
-    The dtype is None for the Pillow formats (decided while decoding).
-    """
-    ext = _checked_path(path)
-    with _reading(path):
-        if ext == ".npy":
-            shape, dtype, _ = _npy_header(path)
-            return tuple(shape), dtype
-        if ext in TIFF_EXTENSIONS:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
-        with _pil_open(path, None) as im:
-            w, h = im.size
-            bands = len(im.getbands())
-        return ((h, w) if bands == 1 else (h, w, bands)), None
 
 
 def check_encodable(dtype, channels: int, ext: str, path: str) -> None:
