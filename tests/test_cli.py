@@ -884,3 +884,39 @@ def test_unreadable_psf_file_says_permission_denied(tmp_path, capsys, sharp):
     finally:
         psf.chmod(0o600)
     assert rc == 2 and len(err) == 1 and "psf.npy" in err[0] and "ermission denied" in err[0]
+
+
+def test_out_of_memory_is_one_line_and_the_batch_goes_on(tmp_path, capsys, monkeypatch, sharp):
+    real, calls = cli.deconvolve, []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("Unable to allocate 3.35 GiB for an array")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "deconvolve", first_fails)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_quantise(_blur(sharp), np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", tmp_path / "a.png", tmp_path / "b.png", "-o", out,
+                       "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 2
+    assert "a.png" in err[0] and "3.35 GiB" in err[0] and "--tile" in err[0]
+    assert os.listdir(out) == ["b.png"]
+
+
+def test_tiled_output_larger_than_the_free_disk_is_refused(tmp_path, capsys, monkeypatch, sharp):
+    import collections
+    import shutil
+
+    # A memory-mapped output on a full disk dies of SIGBUS when its pages are
+    # written: the free space is checked before the file is created.
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    tifffile.imwrite(tmp_path / "in.tif", _quantise(_blur(sharp), np.uint16))
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", tmp_path / "in.tif", "-o", out, "--tile", "40", "--no-progress"],
+                      capsys)
+    assert rc == 2 and len(err) == 1 and "in.tif" in err[0] and "4.0 KiB free" in err[0]
+    assert os.listdir(out) == []

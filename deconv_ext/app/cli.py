@@ -427,10 +427,12 @@ def cmd_deblur(args) -> int:
             try:
                 _run_job(job, psf, device, args, solve, tiling, progress=not bar.disable)
             except (ImageError, ValueError, TypeError, NotImplementedError, OSError,
-                    RuntimeError) as exc:
+                    RuntimeError, MemoryError) as exc:
                 # One bad image must not stop the batch; the library's and the
                 # readers' messages already name what was wrong.
-                msg = " ".join(str(exc).split())
+                msg = " ".join(str(exc).split()) or type(exc).__name__
+                if isinstance(exc, MemoryError) and tiling.tile is None:
+                    msg += "; --tile TH,TW solves it in pieces"
                 problem = msg if msg.startswith(job.src) else f"{job.src}: {msg}"
         if problem:
             failures.append(job.src)
