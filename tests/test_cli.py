@@ -920,3 +920,20 @@ def test_tiled_output_larger_than_the_free_disk_is_refused(tmp_path, capsys, mon
                       capsys)
     assert rc == 2 and len(err) == 1 and "in.tif" in err[0] and "4.0 KiB free" in err[0]
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["in-memory", "tiled"])
+def test_planar_rgb_tiff_is_read_as_colour(tmp_path, capsys, sharp, tiled):
+    rgb = np.stack([sharp, sharp[::-1], sharp[:, ::-1]], axis=-1)
+    stored = _quantise(_blur(rgb), np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.ascontiguousarray(np.moveaxis(stored, -1, 0)),
+                     photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "chunky.tif", stored, photometric="rgb")
+    extra = ["--tile", "40", "--boundary", "reflect"] if tiled else []
+    rc, _, err = _run(["deblur", tmp_path / "planar.tif", tmp_path / "chunky.tif", "-o",
+                       tmp_path / "out", "--psf", f"gaussian:{SIGMA}", "--no-progress", *extra],
+                      capsys)
+    assert rc == 0 and err == []
+    planar, chunky = (tifffile.imread(tmp_path / "out" / n) for n in ("planar.tif", "chunky.tif"))
+    assert planar.shape == stored.shape
+    np.testing.assert_array_equal(planar, chunky)

@@ -220,14 +220,23 @@ def _read_pil(path: str, max_pixels: Optional[int]) -> np.ndarray:
     return arr
 
 
+def _samples_last(arr: np.ndarray, axes: str) -> np.ndarray:
+    """A planar TIFF's (S, H, W) as (H, W, S): a view, so a memory map stays one."""
+    if arr.ndim == 3 and axes == "SYX":
+        return np.moveaxis(arr, 0, -1)
+    return arr
+
+
 def _read_tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         _check_dtype(np.dtype(series.dtype), path)
-        _check_declared(path, tuple(series.shape), max_pixels)
-        return series.asarray()
+        shape = tuple(series.shape)
+        _check_declared(path, shape[1:] + shape[:1] if series.axes == "SYX" else shape,
+                        max_pixels)
+        return _samples_last(series.asarray(), series.axes)
 
 
 def _checked_path(path: str) -> str:
@@ -319,10 +328,12 @@ def open_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
 
         try:
             arr = tifffile.memmap(path, mode="r")
+            with tifffile.TiffFile(path) as tif:
+                axes = tif.series[0].axes
         except (ValueError, OSError, KeyError, IndexError, TypeError):
             pass  # compressed, tiled or not contiguous: decoded below, within the limit
         else:
-            return _check_array(arr, path), True
+            return _check_array(_samples_last(arr, axes), path), True
     return read_image(path, max_pixels), False
 
 
