@@ -937,3 +937,24 @@ def test_planar_rgb_tiff_is_read_as_colour(tmp_path, capsys, sharp, tiled):
     planar, chunky = (tifffile.imread(tmp_path / "out" / n) for n in ("planar.tif", "chunky.tif"))
     assert planar.shape == stored.shape
     np.testing.assert_array_equal(planar, chunky)
+
+
+@pytest.mark.parametrize("out_dtype", ["float16", "float32", "uint8"])
+def test_tiled_out_dtype_converts_the_unit_scale(tmp_path, capsys, sharp, out_dtype):
+    stored = _quantise(_blur(sharp), np.uint16)  # near the top of the range: 65535 > float16 max
+    stored = np.maximum(stored, 60000).astype(np.uint16)
+    stored[20:30, 20:30] = 65535  # raw values past float16's largest, 65504
+    tifffile.imwrite(tmp_path / "in.tif", stored)
+    rc, _, err = _run(["deblur", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--tile", "40",
+                       "--boundary", "symmetric", "--psf", f"gaussian:{SIGMA}", "--eps", TILE_EPS,
+                       "--out-dtype", out_dtype, "--no-progress"], capsys)
+    assert rc == 0 and err == []
+    got = tifffile.imread(tmp_path / "out.tif")
+    assert got.dtype == np.dtype(out_dtype)
+    want = _border_correct(stored.astype(np.float64)[None], "symmetric")[0] / 65535
+    if out_dtype == "uint8":
+        assert np.abs(got.astype(np.float64) - np.clip(np.rint(want * 255), 0, 255)).max() <= 1
+    else:
+        tol = 1e-3 if out_dtype == "float16" else 1e-5
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []

@@ -154,14 +154,26 @@ def _scratch(folder: str, shape: Tuple[int, ...], on_disk: bool) -> Iterator[np.
     if not on_disk:
         yield np.empty(shape, np.float32)
         return
-    fd, path = tempfile.mkstemp(dir=folder, prefix=".deconv-ext-scratch.", suffix=".npy")
-    os.close(fd)
+    path = None
     try:
+        fd, path = tempfile.mkstemp(dir=folder, prefix=".deconv-ext-scratch.", suffix=".npy")
+        os.close(fd)
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         yield arr
         del arr
     finally:
-        os.unlink(path)
+        if path is not None:
+            os.unlink(path)
+
+
+def _needs_scratch(in_dtype: np.dtype, out_dtype: np.dtype) -> bool:
+    """Whether the solve's floats must go through a float32 scratch array before ``out``.
+
+    The tiled solve writes floats only, on the input's raw scale: integer
+    outputs need converting, and so do integer inputs into float16 (65535
+    overflows it before the scaling to [0, 1]).
+    """
+    return out_dtype.kind == "u" or (in_dtype.kind == "u" and out_dtype.itemsize < 4)
 
 
 def _bands(n_rows: int, row_values: int):
@@ -179,9 +191,7 @@ def _fill(out: np.ndarray, planes: np.ndarray, alpha: Optional[np.ndarray], src:
     top = np.iinfo(planes.dtype).max if planes.dtype.kind == "u" else None
     bands = _bands(H, C * W)
     extra = {} if tile is None else {"tile": tile}
-    if dtype.kind == "u" or (top is not None and dtype.itemsize < 4):
-        # The tiled solve writes floats only, on the input's raw scale: solve
-        # into float32 and convert by bands (65535 overflows a float16).
+    if _needs_scratch(planes.dtype, dtype):
         with _scratch(scratch_folder or ".", (C, H, W), scratch_folder is not None) as raw:
             deconvolve_tiled(planes, psf, out=raw, overlap=overlap, progress=progress,
                              **solve, **extra)
@@ -248,8 +258,7 @@ def deblur_tiled(src: str, dst: str, psf: torch.Tensor, out_dtype: str, solve: d
         write_image(dst, out)
         return
     folder = os.path.dirname(os.path.abspath(dst))
-    scratch = dtype.kind == "u" or (arr.dtype.kind == "u" and dtype.itemsize < 4)
-    need = arr.size * dtype.itemsize + (planes.size * 4 if scratch else 0)
+    need = arr.size * dtype.itemsize + (planes.size * 4 if _needs_scratch(arr.dtype, dtype) else 0)
     check_free_space(folder, need + (1 << 20), dst)
     with atomic_output(dst) as tmp:
         out = memmap_output(tmp, arr.shape, dtype)
