@@ -415,7 +415,12 @@ def _read_window(image, rows: np.ndarray, cols: np.ndarray, dtype: torch.dtype,
         t = block.to(dtype)
     else:
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        t = torch.from_numpy(np.ascontiguousarray(block, dtype=np_dtype))
+        arr = np.ascontiguousarray(block, dtype=np_dtype)
+        if not arr.flags.writeable:
+            # A read-only map already contiguous in the right dtype comes back
+            # uncopied; torch warns on (and must never write to) such memory.
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
     t = t.to(device)
     if len(rows) != r1 - r0 or not np.array_equal(rows, np.arange(r0, r1)):
         t = t.index_select(-2, torch.from_numpy(rows - r0).to(t.device))

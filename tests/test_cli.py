@@ -425,3 +425,536 @@ def test_python_m_info(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "deconv_ext   " + dx.__version__ in proc.stdout and "FFT cache" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# Images larger than memory: --tile (memory maps), Zarr (Dask)
+#
+# The oracle is the in-memory deconvolve of the whole image extended by the
+# boundary rule (np.pad, by far more than the inverse filter's reach) with
+# the circular model, cropped: the border-correct result that the tiled
+# solve computes up to its seam bound (deconv_ext.tiling).
+
+NP_PAD = {"reflect": "reflect", "symmetric": "symmetric", "replicate": "edge", "zeros": "edge"}
+TILE_EPS = 1e-2
+
+
+def _border_correct(planes: np.ndarray, boundary: str, eps: float = TILE_EPS) -> np.ndarray:
+    """planes (..., H, W) float64 -> the border-correct in-memory solve, float64."""
+    psf = dx.gaussian(SIGMA, dtype=torch.float64)
+    pad = 4 * max(dx.tiling.filter_reach(psf, eps).margin) + psf.shape[-1]
+    lead = [(0, 0)] * (planes.ndim - 2)
+    ext = np.pad(planes, lead + [(pad, pad), (pad, pad)], mode=NP_PAD[boundary])
+    x = dx.deconvolve(torch.from_numpy(ext), psf, eps=eps, boundary="circular").numpy()
+    H, W = planes.shape[-2:]
+    return x[..., pad:pad + H, pad:pad + W]
+
+
+def _planes(arr: np.ndarray) -> np.ndarray:
+    """(H, W[, C]) image -> float64 colour planes (C, H, W) on the file's raw scale."""
+    a = arr.astype(np.float64)
+    return a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+
+
+TILED_CASES = [  # (input, output, stored dtype, channels, boundary)
+    ("gray16.tif", "gray16.tif", np.uint16, 1, "reflect"),
+    ("rgb8.tif", "rgb8.tif", np.uint8, 3, "symmetric"),
+    ("grayf.npy", "grayf.npy", np.float32, 1, "replicate"),
+    ("grayf16.tif", "grayf16.tif", np.float16, 1, "reflect"),
+    ("rgba8.png", "rgba8.png", np.uint8, 4, "reflect"),
+    ("gray8.tif", "gray8.npy", np.uint8, 1, "zeros"),
+]
+
+
+@pytest.mark.parametrize("name,out_name,dtype,channels,boundary", TILED_CASES,
+                         ids=[c[0] + "-" + c[1] for c in TILED_CASES])
+def test_tiled_deblur_matches_the_in_memory_solve(tmp_path, capsys, monkeypatch, sharp, name,
+                                                   out_name, dtype, channels, boundary):
+    from deconv_ext.app import image_io, tiled
+
+    h, w = 157, 203  # odd, non-square; tiles 48 x 37 do not divide it
+    base = _scene(h, w, seed=11)
+    truth = base if channels == 1 else np.stack([base, base[::-1], base[:, ::-1],
+                                                 np.full_like(base, 0.75)][:channels], axis=-1)
+    blurred = _blur(truth)
+    if channels == 4:
+        blurred[..., 3] = truth[..., 3]  # alpha is not blurred: kept as is
+    stored = blurred.astype(dtype) if np.dtype(dtype).kind == "f" else _quantise(blurred, dtype)
+    src = tmp_path / name
+    _write(src, stored)
+    mapped = src.suffix in (".tif", ".npy")
+    # What the tiled solve is handed: memory maps where the files allow it.
+    seen = []
+    real = tiled.deconvolve_tiled
+
+    def spy(image, psf, *args, out=None, **kwargs):
+        seen.append((isinstance(image, np.memmap), isinstance(out, np.memmap)))
+        return real(image, psf, *args, out=out, **kwargs)
+
+    monkeypatch.setattr(tiled, "deconvolve_tiled", spy)
+    if mapped:  # a mapped input is never decoded whole
+        monkeypatch.setattr(image_io, "read_image", lambda *a, **k: pytest.fail("read whole"))
+    dst = tmp_path / "out" / out_name
+    rc, _, err = _run(["deblur", src, "-o", dst.parent, "--format", dst.suffix[1:], "--tile",
+                       "48,37", "--boundary", boundary, "--psf", f"gaussian:{SIGMA}",
+                       "--eps", TILE_EPS, "--no-progress"], capsys)
+    assert rc == 0 and err == []
+    assert os.listdir(dst.parent) == [out_name]  # no scratch or temporary file left
+    assert seen[-1] == (mapped, dst.suffix in (".tif", ".npy"))
+    result = read_image(str(dst))
+    assert result.dtype == dtype and result.shape == stored.shape
+    colour = 3 if channels == 4 else channels
+    top = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 1.0
+    want = _border_correct(_planes(stored[..., :colour] if channels > 1 else stored), boundary)
+    got = _planes(result[..., :colour] if channels > 1 else result)
+    if np.dtype(dtype).kind == "u":
+        want = np.clip(np.rint(want), 0, top)
+        assert np.abs(got - want).max() <= 1  # one level of rounding
+    else:
+        tol = {np.float16: 2e-3, np.float32: 1e-5}[dtype]
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.ptp(want))
+    if channels == 4:
+        np.testing.assert_array_equal(result[..., 3], stored[..., 3])
+    # and it restores, away from the borders (the scene was blurred circularly,
+    # the solve assumes another boundary): far closer to the truth than the file
+    inner = (slice(40, -40), slice(40, -40))
+    restored_unit = got / top
+    truth_planes = _planes(truth[..., :colour] if channels > 1 else truth)
+    stored_unit = _planes(_unit(stored)[..., :colour] if channels > 1 else _unit(stored))
+    assert _psnr(restored_unit[(slice(None),) + inner], truth_planes[(slice(None),) + inner]) > \
+        _psnr(stored_unit[(slice(None),) + inner], truth_planes[(slice(None),) + inner]) + 3
+
+
+def test_tiled_compressed_tiff_is_decoded_within_the_pixel_limit(tmp_path, capsys, sharp):
+    blurred = _quantise(_blur(sharp), np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", blurred, compression="zlib")
+    tifffile.imwrite(tmp_path / "u.tif", blurred)
+    args = ["--tile", "40", "--boundary", "symmetric", "--psf", f"gaussian:{SIGMA}", "--eps",
+            TILE_EPS, "--no-progress"]
+    # not mappable: decoded, so --max-pixels applies and says how to raise it
+    rc, _, err = _run(["deblur", tmp_path / "z.tif", "-o", tmp_path / "o1", "--max-pixels", 1000,
+                       *args], capsys)
+    assert rc == 2 and len(err) == 1 and "z.tif" in err[0] and "--max-pixels" in err[0]
+    assert os.listdir(tmp_path / "o1") == []
+    # mapped: no limit applies; both give the same result
+    for name in ("u.tif", "z.tif"):
+        limit = 1000 if name == "u.tif" else 0
+        rc, _, err = _run(["deblur", tmp_path / name, "-o", tmp_path / "o2", "--max-pixels",
+                           limit, *args], capsys)
+        assert rc == 0 and err == []
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o2" / "u.tif"),
+                                  tifffile.imread(tmp_path / "o2" / "z.tif"))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--tile", "5"], ["--tile 5", "smaller than the PSF"]),
+    (["--tile", "40", "--overlap", "-3"], ["--overlap -3", "overlap=-3"]),
+    (["--tile", "40", "--overlap", "4,-1"], ["overlap=(4, -1)"]),
+    (["--tile", "40", "--boundary", "circular"], ["--boundary circular", "--tile"]),
+    (["--tile", "40", "--solver", "cg"], ["--solver cg", "--tile"]),
+    (["--tile", "0"], ["--tile '0'"]),
+    (["--tile", "4x4"], ["--tile '4x4'"]),
+    (["--tile", "40", "--overlap", "lots"], ["--overlap 'lots'"]),
+    (["--overlap", "10"], ["--overlap 10", "--tile"]),
+    (["--max-pixels", "-1"], ["--max-pixels -1"]),
+], ids=["tile-smaller-than-psf", "negative-overlap", "negative-overlap-pair", "circular",
+        "cg", "tile-zero", "tile-text", "overlap-text", "overlap-without-tile",
+        "negative-max-pixels"])
+def test_bad_tiling_options_are_one_line_and_touch_nothing(tmp_path, capsys, sharp, argv, words):
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, _quantise(sharp, np.uint16))
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", src, "-o", out, "--psf", "gaussian:2", *argv], capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("deconv-ext: error: ")
+    assert all(w in err[0] for w in words), err[0]
+    assert not out.exists()
+
+
+def _zarr():
+    return pytest.importorskip("zarr"), pytest.importorskip("dask.array")
+
+
+@pytest.mark.parametrize("boundary,tile", [("symmetric", None), ("reflect", "50,65")])
+def test_zarr_in_and_out_matches_the_in_memory_solve(tmp_path, capsys, boundary, tile):
+    zarr, _ = _zarr()
+    h, w = 150, 130
+    stack = np.stack([_scene(h, w, seed=s) for s in (1, 2)])  # (2, H, W): planes solved apart
+    stored = _quantise(_blur(np.moveaxis(stack, 0, -1)), np.uint16)
+    stored = np.ascontiguousarray(np.moveaxis(stored, -1, 0))
+    src = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stored.shape,
+                          chunks=(1, 75, 65), dtype=stored.dtype)
+    src[:] = stored
+    src.attrs["note"] = "kept"
+    extra = [] if tile is None else ["--tile", tile]
+    rc, _, err = _run(["deblur", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--boundary",
+                       boundary, "--psf", f"gaussian:{SIGMA}", "--eps", TILE_EPS,
+                       "--no-progress", *extra], capsys)
+    assert rc == 0 and err == []
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert out.shape == stored.shape and out.dtype == np.uint16
+    assert out.attrs["note"] == "kept"
+    assert out.chunks == ((1, 75, 65) if tile is None else (1, 50, 65))
+    want = np.clip(np.rint(_border_correct(stored.astype(np.float64), boundary)), 0, 65535)
+    assert np.abs(out[:].astype(np.float64) - want).max() <= 1
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_zarr_bad_input_is_one_line(tmp_path, capsys):
+    zarr, _ = _zarr()
+    x = (np.random.default_rng(0).random((64, 60)) + 0.5).astype(np.float32)
+    x[3, 4], x[40, 7] = np.nan, np.inf
+    z = zarr.open_array(str(tmp_path / "nan.zarr"), mode="w", shape=x.shape, chunks=(32, 30),
+                        dtype=x.dtype)
+    z[:] = x
+    z = zarr.open_array(str(tmp_path / "fine.zarr"), mode="w", shape=(96, 90), chunks=(16, 15),
+                        dtype=np.float32)
+    z[:] = 1.0
+    g = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    g.create_array("0", shape=(8, 8), dtype=np.uint8)
+    cases = [("nan.zarr", [], "2 of 3,840 pixel values are NaN or infinite"),
+             ("fine.zarr", [], "--tile"),  # chunks finer than the overlap: says how to fix
+             ("group.zarr", [], "group.zarr/0")]
+    for name, extra, words in cases:
+        rc, _, err = _run(["deblur", tmp_path / name, "-o", tmp_path / "o" / name, "--psf",
+                           "gaussian:2", "--no-progress", *extra], capsys)
+        assert rc == 2 and len(err) == 1 and name in err[0] and words in err[0], err
+        assert not (tmp_path / "o" / name).exists()
+    rc, _, err = _run(["deblur", tmp_path / "fine.zarr", "-o", tmp_path / "o" / "fine.tif",
+                       "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 1 and "written as Zarr" in err[0]
+
+
+BLOCKED_DASK_RUN = BLOCKED_RUN.replace('BLOCKED = {"PIL", "tifffile", "tqdm", "skimage", '
+                                       '"matplotlib"}', 'BLOCKED = {"dask", "zarr", "distributed"}')
+
+
+def test_zarr_without_the_dask_extra_names_it(tmp_path, sharp):
+    assert BLOCKED_DASK_RUN != BLOCKED_RUN
+    (tmp_path / "scan.zarr").mkdir()
+    (tmp_path / "scan.zarr" / "zarr.json").write_text("{}")
+    Image.fromarray(_quantise(sharp, np.uint8)).save(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_DASK_RUN, "deblur", "scan.zarr", "-o",
+                           "restored.zarr", "--no-progress"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert 'pip install "deconv_ext[dask]"' in lines[0] and "scan.zarr" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "scan.zarr"]
+    # in a batch, the other images are still restored
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_DASK_RUN, "deblur", "scan.zarr", "a.png",
+                           "-o", "out", "--no-progress"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and os.listdir(tmp_path / "out") == ["a.png"], proc.stderr
+
+
+# --------------------------------------------------------------------------
+# Hangs, data loss and hidden state (issue 18): each reproduction failed before
+
+# A child that runs the command line and stalls inside the second write (of
+# a batch) or the second tile (of a tiled solve), with its temporary files
+# present, after touching a marker file: then the test signals it.
+STALL_RUN = """
+import os, sys, time
+import numpy as np
+import deconv_ext.tiling
+marker, where = sys.argv[1], sys.argv[2]
+calls = [0]
+
+def stall(real):
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            real(*args, **kwargs)
+            open(marker, "w").close()
+            time.sleep(300)
+        return real(*args, **kwargs)
+    return wrapper
+
+if where == "save":
+    np.save = stall(np.save)
+else:
+    deconv_ext.tiling._write = stall(deconv_ext.tiling._write)
+from deconv_ext.app.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("sig,status", [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize("where", ["save", "tile"])
+def test_signal_mid_batch_leaves_no_partial_file(tmp_path, sharp, where, sig, status):
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        if where == "save":
+            np.save(src / f"{name}.npy", _blur(sharp).astype(np.float32))
+        else:  # uint16: the tiled solve also has a float32 scratch file beside the output
+            tifffile.imwrite(src / f"{name}.tif", _quantise(_blur(sharp), np.uint16))
+    marker, out = tmp_path / "stalled", tmp_path / "out"
+    extra = ["--tile", "40", "--boundary", "reflect"] if where == "tile" else []
+    proc = subprocess.Popen([sys.executable, "-c", STALL_RUN, str(marker), where, "deblur",
+                             str(src), "-o", str(out), "--psf", "box:3", "--no-progress", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate(timeout=60)
+        hidden = [n for n in os.listdir(out) if n.startswith(".")]
+        assert hidden  # the stalled output's temporary file(s) exist now
+        proc.send_signal(getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == status, stderr
+    first = "a.npy" if where == "save" else "a.tif"
+    if where == "save":
+        assert sorted(os.listdir(out)) == [first]  # the finished image, nothing hidden
+    else:  # stalled in the first image's second tile
+        assert os.listdir(out) == []
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("deconv-ext: error: "), stderr
+    assert ("SIGTERM" in lines[0]) == (sig == "SIGTERM")
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A valid PNG header declaring ``width x height`` with almost no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+
+
+def _npy_header_only(path, shape) -> None:
+    """A ~1 KB .npy whose header declares ``shape`` float32."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+        f.write(b"\0" * 1000)
+
+
+def _zlib_tiff(path, side: int) -> None:
+    """A ~1 MB zlib TIFF of side x side zero pixels (tiles encoded once, never allocated whole)."""
+    import zlib
+
+    encoded = zlib.compress(bytes(1024 * 1024))
+    n = (-(-side // 1024)) ** 2
+    tifffile.imwrite(path, (encoded for _ in range(n)), shape=(side, side), dtype=np.uint8,
+                     tile=(1024, 1024), compression="zlib")
+
+
+@pytest.mark.parametrize("kind", ["pil-bomb", "pil-over-limit", "npy-200000", "zlib-tiff-30000"])
+def test_oversized_declarations_are_refused_before_decoding(tmp_path, capsys, sharp, kind):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if kind == "pil-bomb":  # Pillow itself raises DecompressionBombError at open
+        name, declared = "bomb.png", "30000x30000"
+        _png_header_only(folder / name, 30000, 30000)
+    elif kind == "pil-over-limit":  # under Pillow's error limit, over ours
+        name, declared = "big.png", "20000x17000"
+        _png_header_only(folder / name, 17000, 20000)
+    elif kind == "npy-200000":
+        name, declared = "bomb.npy", "200000, 200000"
+        _npy_header_only(folder / name, (200000, 200000))
+    else:
+        name, declared = "bomb.tif", "30000x30000"
+        _zlib_tiff(folder / name, 30000)
+    assert os.path.getsize(folder / name) < 2 << 20
+    Image.fromarray(_quantise(_blur(sharp), np.uint8)).save(folder / "good.png")
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", folder, "-o", out, "--psf", f"gaussian:{SIGMA}",
+                       "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 2, err
+    assert err[0].startswith(f"deconv-ext: error: {folder / name}: ") and declared in err[0]
+    if kind != "npy-200000":  # (that one is reported as truncated: 1 KB of its 149 GiB)
+        assert "--max-pixels" in err[0] and "268,435,456" in err[0]
+    else:
+        assert "truncated" in err[0]
+    assert "1 of 2 inputs failed" in err[1]
+    assert os.listdir(out) == ["good.png"]
+
+
+def test_max_pixels_is_the_limit_and_can_be_raised(tmp_path, capsys, sharp):
+    src = tmp_path / "in.png"
+    Image.fromarray(_quantise(_blur(sharp), np.uint8)).save(src)  # 96 x 80 = 7680 pixels
+    rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--max-pixels", 7679], capsys)
+    assert rc == 2 and "7,680 pixels" in err[0] and "7,679" in err[0]
+    for limit in (7680, 0):
+        rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--max-pixels", limit], capsys)
+        assert rc == 0 and err == []
+
+
+def test_broken_and_looping_links_are_reported(tmp_path, capsys, sharp):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_quantise(_blur(sharp), np.uint8)).save(folder / "a_good.png")
+    os.symlink("nowhere.png", folder / "b_dangling.png")
+    os.symlink("c_loop.png", folder / "c_loop.png")
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", folder, "-o", out, "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 3
+    assert "b_dangling.png" in err[0] and "broken symbolic link" in err[0]
+    assert "nowhere.png" in err[0]
+    assert "c_loop.png" in err[1] and "loop" in err[1]
+    assert "2 of 3 inputs failed" in err[2]
+    assert os.listdir(out) == ["a_good.png"]
+    rc, _, err = _run(["deblur", folder / "b_dangling.png", "-o", out, "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 1 and "broken symbolic link" in err[0]
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["in-memory", "tiled"])
+def test_non_finite_pixels_are_refused_naming_the_count(tmp_path, capsys, sharp, tiled):
+    bad = _blur(sharp).astype(np.float32)
+    bad[5, 7], bad[50, 3], bad[60, 61] = np.nan, np.inf, -np.inf
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a_nan.tif", bad)
+    tifffile.imwrite(folder / "b_good.tif", _blur(sharp).astype(np.float32))
+    out = tmp_path / "out"
+    extra = ["--tile", "40", "--boundary", "reflect"] if tiled else []
+    rc, _, err = _run(["deblur", folder, "-o", out, "--psf", f"gaussian:{SIGMA}",
+                       "--no-progress", *extra], capsys)
+    assert rc == 2 and len(err) == 2
+    assert "a_nan.tif" in err[0] and f"3 of {bad.size:,} pixel values are NaN or infinite" in err[0]
+    assert os.listdir(out) == ["b_good.tif"]
+    assert np.isfinite(tifffile.imread(out / "b_good.tif")).all()
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["in-memory", "tiled"])
+def test_float16_in_float16_out(tmp_path, capsys, sharp, tiled):
+    blurred = _blur(sharp)
+    tifffile.imwrite(tmp_path / "h.tif", blurred.astype(np.float16))
+    tifffile.imwrite(tmp_path / "f.tif", blurred.astype(np.float16).astype(np.float32))
+    extra = ["--tile", "40", "--boundary", "reflect"] if tiled else []
+    rc, _, err = _run(["deblur", tmp_path / "h.tif", tmp_path / "f.tif", "-o", tmp_path / "out",
+                       "--psf", f"gaussian:{SIGMA}", "--eps", "1e-3", "--no-progress", *extra],
+                      capsys)
+    assert rc == 0 and err == []
+    half, single = (tifffile.imread(tmp_path / "out" / n) for n in ("h.tif", "f.tif"))
+    assert half.dtype == np.float16 and single.dtype == np.float32
+    # the same solve (float32 inside), rounded to float16 once
+    np.testing.assert_array_equal(half, single.astype(np.float16))
+    inner = (slice(20, -20), slice(20, -20))  # (the tiled solve's boundary is not the blur's)
+    assert _psnr(half[inner], sharp[inner]) > PSNR_BOUND
+
+
+def test_output_and_psf_paths_that_cannot_work_say_why(tmp_path, capsys, sharp):
+    src = tmp_path / "in.png"
+    Image.fromarray(_quantise(sharp, np.uint8)).save(src)
+    rc, _, err = _run(["deblur", src, "-o", "/dev/null/x.png"], capsys)
+    assert rc == 2 and len(err) == 1 and "'/dev/null'" in err[0] and "not a folder" in err[0]
+    rc, _, err = _run(["deblur", src, "-o", "/dev/null"], capsys)
+    assert rc == 2 and len(err) == 1 and "'/dev/null'" in err[0] and "not a folder" in err[0]
+    rc, _, err = _run(["deblur", src, "-o", "/dev/null/sub/x.png"], capsys)
+    assert rc == 2 and len(err) == 1 and "'/dev/null' is not a folder" in err[0]
+    (tmp_path / "somedir.png").mkdir()
+    rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--psf", tmp_path / "somedir.png"],
+                      capsys)
+    assert rc == 2 and len(err) == 1 and "somedir.png" in err[0] and "is a folder" in err[0]
+    os.mkfifo(tmp_path / "fifo.npy")  # reading it would block forever
+    rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--psf", tmp_path / "fifo.npy"],
+                      capsys)
+    assert rc == 2 and len(err) == 1 and "not a regular file" in err[0]
+    (tmp_path / "garbage.npy").write_bytes(b"garbage, not an array")
+    rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--psf", tmp_path / "garbage.npy"],
+                      capsys)
+    assert rc == 2 and len(err) == 1 and "garbage.npy" in err[0] and "magic" in err[0]
+    assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_psf_file_says_permission_denied(tmp_path, capsys, sharp):
+    src = tmp_path / "in.png"
+    Image.fromarray(_quantise(sharp, np.uint8)).save(src)
+    psf = tmp_path / "psf.npy"
+    np.save(psf, dx.gaussian(1.0).numpy())
+    psf.chmod(0)
+    try:
+        rc, _, err = _run(["deblur", src, "-o", tmp_path / "o", "--psf", psf], capsys)
+    finally:
+        psf.chmod(0o600)
+    assert rc == 2 and len(err) == 1 and "psf.npy" in err[0] and "ermission denied" in err[0]
+
+
+def test_out_of_memory_is_one_line_and_the_batch_goes_on(tmp_path, capsys, monkeypatch, sharp):
+    real, calls = cli.deconvolve, []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("Unable to allocate 3.35 GiB for an array")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "deconvolve", first_fails)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_quantise(_blur(sharp), np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", tmp_path / "a.png", tmp_path / "b.png", "-o", out,
+                       "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 2
+    assert "a.png" in err[0] and "3.35 GiB" in err[0] and "--tile" in err[0]
+    assert os.listdir(out) == ["b.png"]
+
+
+def test_tiled_output_larger_than_the_free_disk_is_refused(tmp_path, capsys, monkeypatch, sharp):
+    import collections
+    import shutil
+
+    # A memory-mapped output on a full disk dies of SIGBUS when its pages are
+    # written: the free space is checked before the file is created.
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    tifffile.imwrite(tmp_path / "in.tif", _quantise(_blur(sharp), np.uint16))
+    out = tmp_path / "out"
+    rc, _, err = _run(["deblur", tmp_path / "in.tif", "-o", out, "--tile", "40", "--no-progress"],
+                      capsys)
+    assert rc == 2 and len(err) == 1 and "in.tif" in err[0] and "4.0 KiB free" in err[0]
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["in-memory", "tiled"])
+def test_planar_rgb_tiff_is_read_as_colour(tmp_path, capsys, sharp, tiled):
+    rgb = np.stack([sharp, sharp[::-1], sharp[:, ::-1]], axis=-1)
+    stored = _quantise(_blur(rgb), np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.ascontiguousarray(np.moveaxis(stored, -1, 0)),
+                     photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "chunky.tif", stored, photometric="rgb")
+    extra = ["--tile", "40", "--boundary", "reflect"] if tiled else []
+    rc, _, err = _run(["deblur", tmp_path / "planar.tif", tmp_path / "chunky.tif", "-o",
+                       tmp_path / "out", "--psf", f"gaussian:{SIGMA}", "--no-progress", *extra],
+                      capsys)
+    assert rc == 0 and err == []
+    planar, chunky = (tifffile.imread(tmp_path / "out" / n) for n in ("planar.tif", "chunky.tif"))
+    assert planar.shape == stored.shape
+    np.testing.assert_array_equal(planar, chunky)
+
+
+@pytest.mark.parametrize("out_dtype", ["float16", "float32", "uint8"])
+def test_tiled_out_dtype_converts_the_unit_scale(tmp_path, capsys, sharp, out_dtype):
+    stored = _quantise(_blur(sharp), np.uint16)  # near the top of the range: 65535 > float16 max
+    stored = np.maximum(stored, 60000).astype(np.uint16)
+    stored[20:30, 20:30] = 65535  # raw values past float16's largest, 65504
+    tifffile.imwrite(tmp_path / "in.tif", stored)
+    rc, _, err = _run(["deblur", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--tile", "40",
+                       "--boundary", "symmetric", "--psf", f"gaussian:{SIGMA}", "--eps", TILE_EPS,
+                       "--out-dtype", out_dtype, "--no-progress"], capsys)
+    assert rc == 0 and err == []
+    got = tifffile.imread(tmp_path / "out.tif")
+    assert got.dtype == np.dtype(out_dtype)
+    want = _border_correct(stored.astype(np.float64)[None], "symmetric")[0] / 65535
+    if out_dtype == "uint8":
+        assert np.abs(got.astype(np.float64) - np.clip(np.rint(want * 255), 0, 255)).max() <= 1
+    else:
+        tol = 1e-3 if out_dtype == "float16" else 1e-5
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []

@@ -11,7 +11,9 @@ Subcommands:
 Every failure the user can cause (unreadable file, bad PSF, unwritable
 folder, missing optional package, ...) prints one line
 ``deconv-ext: error: ...`` on stderr and makes the exit status 2; in a batch
-the other images are still processed.
+the other images are still processed. Ctrl-C, SIGTERM and SIGHUP stop the
+command with 128 + the signal's number (130, 143, 129), leaving no partial
+output behind.
 """
 from __future__ import annotations
 
@@ -30,12 +32,16 @@ from ..validation import BOUNDARIES, METHODS, SOLVERS
 from ..functional import deconvolve
 from .bench import run_bench
 from .demo import run_demo
-from .errors import EXIT_FAIL, EXIT_OK, PROG, UsageError, error, require_optional
-from .image_io import (EXTENSIONS, ImageError, from_unit_float, is_image_path, read_image,
-                       to_unit_float, write_image)
+from .errors import (EXIT_FAIL, EXIT_OK, PROG, Terminated, UsageError, error, require_optional,
+                     terminate_cleanly)
+from .image_io import (DEFAULT_MAX_PIXELS, EXTENSIONS, ZARR_EXTENSION, ImageError,
+                       count_nonfinite, from_unit_float, is_image_path, is_zarr_path,
+                       path_problem, read_image, to_unit_float, write_image)
 from .info import describe, format_info
 from .options import boundary_problem, resolve_device, solver_kwargs
 from .psf_spec import SPEC_HELP, PSFSpecError, parse_spec
+from .tiled import (check_finite_input, check_psf_fits, deblur_tiled, deblur_zarr, nonfinite_result,
+                    parse_overlap, parse_tile, tiled_problem, tiled_solve, zarr_problem)
 
 __all__ = ["main", "build_parser"]
 
@@ -48,7 +54,13 @@ NEEDS = {"deblur": ("PIL", "tifffile", "tqdm"),
 # the parser
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the hand-made layout of descriptions and show every default."""
+    """Keep the hand-made layout of descriptions and show every default (but None: those
+    options say in their help what happens when they are not given)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
@@ -66,9 +78,11 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rcond", type=float, default=None,
                    help="pinv cut-off relative to the largest |K| (default: 10 * max(H, W) * "
                         "machine epsilon, i.e. almost no cut-off)")
-    p.add_argument("--boundary", choices=BOUNDARIES, default="circular",
+    p.add_argument("--boundary", choices=BOUNDARIES, default=None,
                    help="what the blur assumed beyond the image edges (names as in "
-                        "torch.nn.functional.pad; 'symmetric' repeats the edge pixel)")
+                        "torch.nn.functional.pad; 'symmetric' repeats the edge pixel); default "
+                        "circular, or reflect for tiled solves (--tile, .zarr inputs), where "
+                        "circular has no meaning")
     p.add_argument("--solver", default=None, choices=SOLVERS,
                    help="how to solve (passed to deconvolve(solver=...)): 'fft' is the fast "
                         "solve (exact for circular; pads the image otherwise), 'cg' the exact "
@@ -91,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} deblur scans/ -o restored/ --psf motion:9,30 --reg laplacian\n"
                f"  {PROG} bench --quick\n"
                f"  {PROG} info --json\n\n"
-               "Exit status: 0 on success, 2 if anything failed (one line per failure on stderr).")
+               "Exit status: 0 on success, 2 if anything failed (one line per failure on "
+               "stderr); 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP) when stopped, with no "
+               "partial output left behind.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -126,7 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "kept as is); 8-bit, 16-bit or float pixels. Outputs keep the input's name, "
                     "format and bit depth unless --format / --suffix / --out-dtype say "
                     "otherwise; each is written to a temporary file first and renamed, so a "
-                    "failure leaves nothing behind, and an input is never overwritten.")
+                    "failure leaves nothing behind, and an input is never overwritten. Images "
+                    "with NaN or infinite pixels are refused.\n\n"
+                    "Images larger than memory: --tile TH[,TW] solves tile by tile, reading "
+                    "uncompressed TIFF and .npy inputs through a memory map and writing TIFF and "
+                    ".npy outputs tile by tile into one; a .zarr input (with the dask extra: "
+                    "pip install \"deconv_ext[dask]\") is solved chunk by chunk into a new "
+                    ".zarr. Tiled results are border-correct: the image is extended by "
+                    "--boundary as far as the inverse filter reaches.")
     deblur.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
     deblur.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output folder (created if missing), or a file name when there "
@@ -136,9 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output file type for folder outputs, e.g. png, tif, npy "
                              "(default: the input's)")
     deblur.add_argument("--suffix", default="", help="added to each output's file stem")
-    deblur.add_argument("--out-dtype", choices=("keep", "uint8", "uint16", "float32", "float64"),
+    deblur.add_argument("--out-dtype",
+                        choices=("keep", "uint8", "uint16", "float16", "float32", "float64"),
                         default="keep", help="pixel type of the outputs (integers hold [0, 1] "
                                              "scaled to their maximum, clipped)")
+    deblur.add_argument("--tile", metavar="TH[,TW]", default=None,
+                        help="solve tile by tile, each solve writing a TH x TW interior (peak "
+                             "memory follows the tile, not the image); for .zarr inputs, the "
+                             "chunks to compute on (default: untiled; .zarr: the array's chunks)")
+    deblur.add_argument("--overlap", metavar="auto|N[,M]", default=None,
+                        help="pixels of neighbouring image solved with each tile, per side; "
+                             "'auto' (the default with --tile) takes the inverse filter's reach, "
+                             "beyond which it carries less than 1e-6 of its weight")
+    deblur.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse images declaring more than N pixels (height x width) before "
+                             "decoding them into memory (0: no limit); memory-mapped --tile "
+                             "inputs are not limited")
     progress = deblur.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="always show the progress bar (default: when stderr is a terminal)")
@@ -179,24 +215,42 @@ class Job:
     problem: Optional[str] = None
 
 
+def _input_job(path: str) -> Job:
+    """A job for one named input; a link that leads nowhere or a non-file is its problem."""
+    problem = path_problem(path, folder_ok=is_zarr_path(path))
+    if problem == "no such file":
+        problem = "no such file or folder"
+    return Job(path, problem=f"{path}: {problem}" if problem else None)
+
+
 def _expand_inputs(paths: Sequence[str]) -> List[Job]:
     jobs: List[Job] = []
     for p in paths:
-        if os.path.isdir(p):
+        if os.path.isdir(p) and not is_zarr_path(p):
+            # Every image-named entry, broken or looping links included: a
+            # link that leads nowhere is reported, not skipped in silence.
             names = sorted(n for n in os.listdir(p)
-                           if not n.startswith(".") and is_image_path(n)
-                           and os.path.isfile(os.path.join(p, n)))
+                           if not n.startswith(".") and (is_image_path(n) or is_zarr_path(n))
+                           and not (is_image_path(n) and os.path.isdir(os.path.join(p, n))))
             if not names:
                 jobs.append(Job(p, problem=f"{p}: no image files in this folder"))
-            jobs.extend(Job(os.path.join(p, n)) for n in names)
-        elif not os.path.exists(p):
-            jobs.append(Job(p, problem=f"{p}: no such file or folder"))
+            jobs.extend(_input_job(os.path.join(p, n)) for n in names)
         else:
-            jobs.append(Job(p))
+            jobs.append(_input_job(p))
     return jobs
 
 
 def _probe_writable(folder: str) -> None:
+    # The nearest existing ancestor says why a folder cannot be made there
+    # ("-o /dev/null/x.png": /dev/null is a file), where makedirs says only
+    # "File exists" or "Not a directory".
+    up = os.path.abspath(folder)
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        up = os.path.dirname(up)
+    if os.path.exists(up) and not os.path.isdir(up):
+        why = ("it exists and is not a folder" if up == os.path.abspath(folder)
+               else f"{up!r} is not a folder")
+        raise UsageError(f"cannot write to output folder {folder!r}: {why}")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -219,28 +273,34 @@ def plan_outputs(jobs: List[Job], output: str, fmt: Optional[str], suffix: str) 
     """Fill in each job's destination; UsageError if the output cannot work at all."""
     if fmt is not None:
         fmt = "." + fmt.lower().lstrip(".")
-        if fmt not in EXTENSIONS:
+        if fmt not in EXTENSIONS + (ZARR_EXTENSION,):
             raise UsageError(f"--format {fmt[1:]!r} is not supported; expected one of "
-                             f"{', '.join(e[1:] for e in EXTENSIONS)}")
-    single_file = (len(jobs) == 1 and jobs[0].problem is None and is_image_path(output)
-                   and not os.path.isdir(output))
+                             f"{', '.join(e[1:] for e in EXTENSIONS + (ZARR_EXTENSION,))}")
+    # A .zarr output is a folder that is one image: never a folder of outputs.
+    names_one = is_zarr_path(output) or (is_image_path(output) and not os.path.isdir(output))
+    single_file = len(jobs) == 1 and jobs[0].problem is None and names_one
     if single_file:
         _probe_writable(os.path.dirname(os.path.abspath(output)))
         dsts = [output]
     else:
-        if is_image_path(output) and not os.path.isdir(output):
+        if names_one:
             raise UsageError(f"-o {output!r} names a file but there are {len(jobs)} inputs; give "
                              f"a folder")
         _probe_writable(output)
         dsts = []
         for job in jobs:
-            stem, ext = os.path.splitext(os.path.basename(job.src))
+            stem, ext = os.path.splitext(os.path.basename(job.src.rstrip(os.sep)))
             dsts.append(os.path.join(output, stem + suffix + (fmt or ext)))
     seen = {}
     for job, dst in zip(jobs, dsts):
         if job.problem:
             continue
-        if _same_file(job.src, dst):
+        if is_zarr_path(job.src) != is_zarr_path(dst):
+            job.problem = (f"{job.src}: a Zarr array is written as Zarr and an image file as an "
+                           f"image file; cannot write {dst}")
+        elif is_zarr_path(job.src) and zarr_problem():
+            job.problem = f"{job.src}: {zarr_problem()}"
+        elif _same_file(job.src, dst):
             job.problem = (f"{job.src}: the output would overwrite the input; choose another -o "
                            f"or a --suffix")
         elif os.path.realpath(dst) in seen:
@@ -251,21 +311,78 @@ def plan_outputs(jobs: List[Job], output: str, fmt: Optional[str], suffix: str) 
             job.dst = dst
 
 
-def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: dict) -> None:
+def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: dict,
+                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
     """Read ``src``, deconvolve every colour plane, write ``dst`` atomically.
+
+    Images with NaN or infinite pixels are refused, and so is a result that
+    has any (nothing is written).
 
     Raises ImageError / ValueError with a one-line message on failure.
     """
-    arr = read_image(src)
+    arr = read_image(src, max_pixels)
+    check_psf_fits(src, psf, arr.shape[:2])
+    check_finite_input(src, arr)
     planes, alpha = to_unit_float(arr)
-    H, W = planes.shape[-2:]
-    kh, kw = psf.shape[-2:]
-    if kh > H or kw > W:
-        raise ValueError(f"{src}: the PSF ({kh}x{kw}) is larger than the image ({H}x{W})")
     y = torch.from_numpy(planes).to(device)
-    x = deconvolve(y, psf.to(device=device, dtype=y.dtype), **solve_kwargs)
+    x = deconvolve(y, psf.to(device=device, dtype=y.dtype), **solve_kwargs).cpu().numpy()
+    bad = count_nonfinite(x)
+    if bad:
+        raise nonfinite_result(src, bad, x.size)
     dtype = arr.dtype if out_dtype == "keep" else np.dtype(out_dtype)
-    write_image(dst, from_unit_float(x.cpu().numpy(), dtype, alpha))
+    write_image(dst, from_unit_float(x, dtype, alpha))
+
+
+@dataclass
+class Tiling:
+    """How the tiled jobs of a run are solved (``--tile``, ``--overlap``, .zarr inputs)."""
+
+    tile: Optional[tuple]
+    overlap: object
+    boundary: str
+    any_tiled: bool
+    any_untiled: bool
+
+
+def _tiling(args, jobs: List[Job]) -> Tiling:
+    """Parse and cross-check the tiling options; resolves ``args.boundary`` for untiled jobs."""
+    if args.max_pixels < 0:
+        raise UsageError(f"--max-pixels {args.max_pixels}: expected a number of pixels >= 0 "
+                         f"(0: no limit)")
+    tile = parse_tile(args.tile) if args.tile is not None else None
+    overlap = parse_overlap(args.overlap)
+    zarr_jobs = [is_zarr_path(j.src) for j in jobs if j.problem is None]
+    any_tiled = tile is not None or any(zarr_jobs)
+    any_untiled = tile is None and not all(zarr_jobs)
+    if args.overlap is not None and not any_tiled:
+        raise UsageError(f"--overlap {args.overlap} applies to tiled solves only (--tile, or a "
+                         f".zarr input)")
+    if any_tiled:
+        what = "--tile" if tile is not None else "a .zarr input"
+        if args.boundary == "circular":
+            raise UsageError(f"--boundary circular has no meaning with {what}: a tile has no "
+                             f"periodic neighbour; expected reflect, symmetric, replicate or "
+                             f"zeros (the default with tiles: reflect)")
+        if args.solver not in (None, "fft"):
+            raise UsageError(f"--solver {args.solver} cannot be used with {what}: tiles are "
+                             f"solved by the FFT solve (--solver fft)")
+    tiled_boundary = args.boundary or "reflect"
+    args.boundary = args.boundary or "circular"
+    return Tiling(tile, overlap, tiled_boundary, any_tiled, any_untiled)
+
+
+def _run_job(job: Job, psf, device, args, solve: dict, tiling: Tiling, progress: bool) -> None:
+    """Restore one input the way its kind asks: in memory, tile by tile, or Zarr via Dask."""
+    if is_zarr_path(job.src) or tiling.tile is not None:
+        kwargs = tiled_solve(solve, tiling.boundary)
+        if is_zarr_path(job.src):
+            deblur_zarr(job.src, job.dst, psf.cpu(), args.out_dtype, kwargs, tiling.tile,
+                        tiling.overlap, progress)
+        else:
+            deblur_tiled(job.src, job.dst, psf.to(device), args.out_dtype, kwargs, tiling.tile,
+                         tiling.overlap, args.max_pixels or None, progress)
+    else:
+        deblur_file(job.src, job.dst, psf, device, args.out_dtype, solve, args.max_pixels or None)
 
 
 def cmd_deblur(args) -> int:
@@ -280,13 +397,25 @@ def cmd_deblur(args) -> int:
         raise UsageError(str(exc)) from None
     if args.eps < 0 or args.eps != args.eps:
         raise UsageError(f"--eps {args.eps!r}: expected a number >= 0")
-    reason = boundary_problem(args.boundary, args.solver, psf)
+    jobs = _expand_inputs(args.inputs)
+    tiling = _tiling(args, jobs)
+    reason = boundary_problem(args.boundary, args.solver, psf) if tiling.any_untiled else None
     if reason:
         what = f"--boundary {args.boundary}" + (f" --solver {args.solver}" if args.solver else "")
         raise UsageError(f"{what} --psf {args.psf}: {reason}")
     solve = dict(eps=args.eps, method=args.method, reg=None if args.reg == "none" else args.reg,
                  rcond=args.rcond, **solver_kwargs(args.boundary, args.solver))
-    jobs = _expand_inputs(args.inputs)
+    if tiling.any_tiled:
+        reason = tiled_problem(psf, tiled_solve(solve, tiling.boundary), tiling.tile,
+                               tiling.overlap)
+        if reason:
+            what = " ".join(f"{k} {v}" for k, v in (("--tile", args.tile),
+                                                     ("--overlap", args.overlap),
+                                                     ("--boundary", tiling.boundary),
+                                                     ("--psf", args.psf)) if v is not None)
+            if "overlap=" in reason:
+                reason += " (here: --overlap N or NH,NW)"
+            raise UsageError(f"{what}: {reason}")
     plan_outputs(jobs, args.output, args.format, args.suffix)
 
     failures = []
@@ -296,12 +425,14 @@ def cmd_deblur(args) -> int:
         problem = job.problem
         if problem is None:
             try:
-                deblur_file(job.src, job.dst, psf, device, args.out_dtype, solve)
+                _run_job(job, psf, device, args, solve, tiling, progress=not bar.disable)
             except (ImageError, ValueError, TypeError, NotImplementedError, OSError,
-                    RuntimeError) as exc:
+                    RuntimeError, MemoryError) as exc:
                 # One bad image must not stop the batch; the library's and the
                 # readers' messages already name what was wrong.
-                msg = " ".join(str(exc).split())
+                msg = " ".join(str(exc).split()) or type(exc).__name__
+                if isinstance(exc, MemoryError) and tiling.tile is None:
+                    msg += "; --tile TH,TW solves it in pieces"
                 problem = msg if msg.startswith(job.src) else f"{job.src}: {msg}"
         if problem:
             failures.append(job.src)
@@ -345,7 +476,7 @@ COMMANDS = {"demo": cmd_demo, "deblur": cmd_deblur, "bench": cmd_bench, "info": 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 failure).
+    """Run the command line; returns the exit status (0 ok, 2 failure, 128 + N on signal N).
 
     Parameters
     ----------
@@ -358,13 +489,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_FAIL
     try:
-        return COMMANDS[args.command](args)
+        with terminate_cleanly():
+            return COMMANDS[args.command](args)
     except UsageError as exc:
         error(str(exc))
         return EXIT_FAIL
     except KeyboardInterrupt:
-        error("interrupted")
+        error("interrupted; partial outputs removed")
         return 130
+    except Terminated as exc:
+        error(f"terminated by {exc.name}; partial outputs removed")
+        return exc.exit_status
 
 
 if __name__ == "__main__":  # pragma: no cover
