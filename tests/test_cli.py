@@ -958,3 +958,11 @@ def test_tiled_out_dtype_converts_the_unit_scale(tmp_path, capsys, sharp, out_dt
         tol = 1e-3 if out_dtype == "float16" else 1e-5
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    # ``deconv-ext info | head``: the reader has gone before the writer writes
+    # (``true`` exits at once; the sleep makes that order certain).
+    proc = subprocess.run(f"(sleep 1; {sys.executable} -m deconv_ext info) | true", shell=True,
+                          cwd=TESTS, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

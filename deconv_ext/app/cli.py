@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -500,6 +501,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated as exc:
         error(f"terminated by {exc.name}; partial outputs removed")
         return exc.exit_status
+    except BrokenPipeError:
+        # The reader went away (``deconv-ext info | head``): no traceback; and
+        # point stdout at /dev/null so that the interpreter's final flush
+        # does not raise again. 128 + SIGPIPE, as a shell reports it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover
