@@ -62,7 +62,7 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
           fast approximation: the observation is extended by the boundary
           rule by at least the PSF's half size per side up to a fast FFT
           size, solved circularly and cropped; ringing stays near the edges.
-        * ``"cg"``: the exact solution of
+        * ``"cg"``: the solution, to ``tol``, of the exact model's
           ``min ||A_b x - y||^2 + eps ||R_b x||^2`` (``eps = 0`` or
           ``method="pinv"``: the minimum-norm least-squares solution) by
           conjugate gradients on the normal equations (CGLS), preconditioned
@@ -71,11 +71,20 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         * ``"dct"``: direct exact solve for ``boundary="symmetric"`` with a
           PSF symmetric in each axis (the DCT-II diagonalises it).
     tol : float > 0, default 1e-6, keyword-only
-        CG stops when ``||A^T (y - A x) - eps R^T R x|| <= tol ||A^T y||``.
+        CG stops when ``||r|| <= tol ||A^T y||``, with
+        ``r = A^T (y - A x) - eps R^T R x`` the normal-equations residual.
+        For the minimum-norm solution (``eps = 0`` or ``method="pinv"``) a
+        small residual alone does not bound the error (``A^T A`` has no
+        lower bound), so CG also needs the estimated bound of the relative
+        error ``||x - A^+ y|| / ||x||`` (``SolveInfo.error``, the residual
+        over the smallest Ritz value of ``A^T A``) to be ``<= tol``; an
+        ill-conditioned operator then takes more iterations, and a tol that
+        the dtype cannot certify stops early with a ``RuntimeWarning``
+        (see :func:`deconv_ext.solvers.cg.cgls`).
     max_iter : int >= 1, optional, keyword-only
-        CG iteration cap (default 1000). If a plane does not converge, the
-        iterate of smallest residual is returned with a ``RuntimeWarning``
-        stating the residual reached.
+        CG iteration cap (default 1000). If a plane does not converge, its
+        last iterate is returned with a ``RuntimeWarning`` stating the
+        residual (and error bound) reached.
     taper : int >= 0, optional, keyword-only
         Fast path only: blend the extended border toward the image mean over
         this many pixels (reduces residual ringing).
@@ -246,8 +255,9 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         otherwise. "fft" with another padding_mode: the padded fast
         approximation (depthwise "same" layers only).
     tol, max_iter, precond, return_info : keyword-only
-        As in :func:`deconvolve` (CG stopping rule, iteration cap with a
-        RuntimeWarning and the best iterate if not converged, preconditioner,
+        As in :func:`deconvolve` (CG stopping rule, with an error bound for
+        ``eps = 0``; iteration cap with a RuntimeWarning and the last iterate
+        if not converged; preconditioner;
         and ``(x, SolveInfo)`` output; multi-channel layers have one system
         per sample and no transform preconditioner).
     eps : float >= 0

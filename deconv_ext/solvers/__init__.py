@@ -2,7 +2,8 @@
 
 Modules: ``boundary`` (``deconvolve`` for non-circular boundaries and other
 solvers), ``layer`` (``conv2d_pinv`` for non-circular or "valid" layers),
-``cg`` (conjugate gradients), ``precond`` (transform preconditioners),
+``cg`` (conjugate gradients), ``lanczos`` (Ritz values of the CG coefficients),
+``precond`` (transform preconditioners),
 ``dct`` (the direct DCT-II solve), ``operators`` (exact forward models and
 adjoints), ``info`` (:class:`SolveInfo`).
 """

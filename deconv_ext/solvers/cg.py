@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from .info import SolveInfo
+from .lanczos import RitzValues
 
 __all__ = ["cgls", "pcg", "Problem", "residual_info", "DEFAULT_MAX_ITER"]
 
@@ -29,14 +30,36 @@ def cgls(op, y: torch.Tensor, eps: float = 0.0, reg_op=None,
          max_iter: int = DEFAULT_MAX_ITER, x0: Optional[torch.Tensor] = None,
          warn: bool = True) -> Tuple[torch.Tensor, SolveInfo]:
     """Solve ``min_x ||A x - y||^2 + eps ||R x||^2`` by (preconditioned) CG on
-    the normal equations ``(A^T A + eps R^T R) x = A^T y``.
+    the normal equations ``N x = A^T y``, ``N = A^T A + eps R^T R``.
 
     Every independent system (the dims ``op.sample_dims`` of one image or
     sample) gets its own step lengths and stops on its own; a stopped system
-    keeps its iterate while the others go on. ``eps = 0`` without a
-    preconditioner and ``x0 = None`` is CGLS, whose iterates stay in the
-    range of ``A^T``: it converges to the minimum-norm least-squares solution
-    ``A^+ y`` (a preconditioner or a warm start would lose that property).
+    keeps its iterate while the others go on.
+
+    Stopping rule, with ``r = A^T (y - A x) - eps R^T R x`` the
+    normal-equations residual:
+
+    * ``eps > 0``: ``||r|| <= tol ||A^T y||``. The error is then
+      ``||x - x*|| <= ||r|| / lambda_min(N)``, ``lambda_min(N) >= eps`` for
+      ``R = I``: a relative error of at most ``cond(N) tol``.
+    * ``eps = 0``: plain CGLS from 0 without preconditioner, whose iterates
+      stay in the range of ``A^T``: it converges to the minimum-norm
+      least-squares solution ``A^+ y``. ``N`` has no lower bound here, and a
+      small residual alone says little (at ``cond(A) = 6e4`` a relative
+      residual of 1e-6 can leave the iterate 80% away from ``A^+ y``). The
+      residual is turned into a bound of the error,
+      ``||x - A^+ y|| <= ||r|| / lambda_min``, with ``lambda_min`` the
+      smallest nonzero eigenvalue of ``N`` that CG sees, estimated by the
+      smallest Ritz value ``theta_min`` (:mod:`deconv_ext.solvers.lanczos`;
+      it decreases to ``lambda_min`` as CG finds it). A system converges
+      when ``||r|| <= tol ||A^T y||`` and ``||r|| / (theta_min ||x||) <=
+      tol``, both with ``r`` recomputed from ``x`` (CG's recursively updated
+      residual drifts below the true one in long runs). It stops
+      unconverged at ``max_iter``, or earlier when the recursive residual is
+      16 times below the bound that the true one misses: the rounding error
+      of the updates has become the residual, more iterations no longer
+      lower it, and ``tol`` is below what this dtype can certify for this
+      operator.
 
     Parameters
     ----------
@@ -45,20 +68,26 @@ def cgls(op, y: torch.Tensor, eps: float = 0.0, reg_op=None,
     y : Tensor, the observation (the op's output shape), computation dtype
     eps : float >= 0
     reg_op : op for ``R`` (None: identity)
-    precond : callable ``r -> M^-1 r`` (symmetric positive definite), optional
-    tol : float > 0; stop when ``||r|| <= tol ||A^T y||``, with
-        ``r = A^T (y - A x) - eps R^T R x`` the normal-equations residual
+    precond : callable ``r -> M^-1 r`` (symmetric positive definite), optional;
+        ``eps > 0`` only (it would lose the minimum-norm property)
+    tol : float > 0, see the stopping rule
     max_iter : int >= 1
-    x0 : initial guess (only meaningful for ``eps > 0``), optional
-    warn : bool; a RuntimeWarning with the residual reached when a system did
-        not converge
+    x0 : initial guess, optional; ``eps > 0`` only (likewise)
+    warn : bool; a RuntimeWarning with the residual (and error bound) reached
+        when a system did not converge
 
     Returns
     -------
-    x : Tensor (the op's input shape); for each system, the iterate of
-        smallest residual seen (never NaN unless ``y`` holds NaN/inf)
-    info : SolveInfo, per-system iterations, residual, converged flags
+    x : Tensor (the op's input shape); for each system its last iterate with
+        a finite residual (CG's error decreases at every step, its residual
+        does not); NaN where ``y`` holds NaN/inf
+    info : SolveInfo, per-system iterations, residual, converged flags, and for
+        ``eps = 0`` the error bound estimate
     """
+    if not eps and (precond is not None or x0 is not None):
+        raise ValueError("cgls with eps = 0 computes the minimum-norm solution: plain CGLS from "
+                         "0, without precond or x0")
+    min_norm = not eps
     dims = op.sample_dims
 
     def dot(a, b):
@@ -85,9 +114,11 @@ def cgls(op, y: torch.Tensor, eps: float = 0.0, reg_op=None,
         r = normal_residual(s, x, rx)
     res = dot(r, r).sqrt() / bsafe
     res = torch.where(bnorm > 0, res, torch.zeros_like(res))
-    best_x, best_res = x.clone(), res.clone()
+    x_out, res_out = x.clone(), res.clone()
     active = (res > tol) & torch.isfinite(res)
     iters = torch.zeros_like(res, dtype=torch.int64)
+    if min_norm:
+        bound = _ErrorBound(op, y, res, tol, bsafe, dot)
 
     z = precond(r) if precond is not None else r
     p = z.clone()
@@ -114,39 +145,133 @@ def cgls(op, y: torch.Tensor, eps: float = 0.0, reg_op=None,
         if rp is not None:
             rx = rx + alpha * rp
         r = normal_residual(s, x, rx)
-        new_res = dot(r, r).sqrt() / bsafe
+        rnorm = dot(r, r).sqrt()
         iters = iters + ok.to(iters.dtype)
-        res = torch.where(ok, new_res, res)
-        better = ok & (res < best_res)
-        best_x = torch.where(better, x, best_x)
-        best_res = torch.where(better, res, best_res)
-        active = ok & (res > tol) & torch.isfinite(res)
+        res = torch.where(ok, rnorm / bsafe, res)
+        finite = ok & torch.isfinite(res)
+        x_out = torch.where(finite, x, x_out)
+        res_out = torch.where(finite, res, res_out)
         z = precond(r) if precond is not None else r
         gamma_new = dot(r, z)
-        beta = torch.where(active & (gamma > 0), gamma_new / torch.where(gamma > 0, gamma, torch.ones_like(gamma)),
+        beta = torch.where(ok & (gamma > 0), gamma_new / torch.where(gamma > 0, gamma, torch.ones_like(gamma)),
                            torch.zeros_like(gamma))
+        if min_norm:
+            done = bound.step(x, rnorm, res, finite, iters, alpha, beta)
+        else:
+            done = res <= tol
+        active = ok & ~done & torch.isfinite(res)
+        beta = torch.where(active, beta, torch.zeros_like(beta))
         p = z + beta * p
         gamma = gamma_new
     # A^T y = 0: the solution is 0 (for eps > 0 and for the minimum norm alike).
-    best_x = torch.where(bnorm > 0, best_x, torch.zeros_like(best_x))
+    x_out = torch.where(bnorm > 0, x_out, torch.zeros_like(x_out))
+    error = None
+    if min_norm:
+        res_out, error = bound.final(x_out, iters)
+        converged = (res_out <= tol) & (error <= tol)
+    else:
+        converged = res_out <= tol
     # A non-finite observation has no solution: NaN out, as the FFT path gives,
     # and never reported as converged.
     bad = ~torch.isfinite(bnorm)
-    best_x = torch.where(bad, torch.full_like(best_x, float("nan")), best_x)
-    best_res = torch.where(bad, torch.full_like(best_res, float("nan")), best_res)
-    converged = best_res <= tol
-    info = SolveInfo(iterations=_squeeze(iters, dims), residual=_squeeze(best_res, dims),
+    nan = float("nan")
+    x_out = torch.where(bad, torch.full_like(x_out, nan), x_out)
+    res_out = torch.where(bad, torch.full_like(res_out, nan), res_out)
+    if error is not None:
+        error = torch.where(bad, torch.full_like(error, nan), error)
+    converged = converged & ~bad
+    info = SolveInfo(iterations=_squeeze(iters, dims), residual=_squeeze(res_out, dims),
                      converged=_squeeze(converged, dims), solver="cg",
-                     precond=getattr(precond, "name", None if precond is None else "custom"))
+                     precond=getattr(precond, "name", None if precond is None else "custom"),
+                     error=None if error is None else _squeeze(error, dims))
     if warn and not bool(converged.all()):
-        bad = int((~converged).sum())
-        worst = float(best_res.max())
-        warnings.warn(f"deconv_ext: conjugate gradients did not reach tol={tol:g} in "
-                      f"max_iter={int(max_iter)} iterations for {bad} of {converged.numel()} "
-                      f"system(s); relative residual reached {worst:.3g}. Returning the best "
-                      f"iterate; raise max_iter or eps, or loosen tol", RuntimeWarning,
-                      stacklevel=3)
-    return best_x, info
+        msg = (f"deconv_ext: conjugate gradients did not reach tol={tol:g} for "
+               f"{int((~converged).sum())} of {converged.numel()} system(s); relative residual "
+               f"reached {float(res_out[~converged].max()):.3g}")
+        if min_norm:
+            msg += bound.describe(~converged, error)
+        else:
+            msg += (f" in max_iter={int(max_iter)} iterations. Returning the last iterate; "
+                    f"raise max_iter or eps, or loosen tol")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return x_out, info
+
+
+class _ErrorBound:
+    """The stopping rule of the minimum-norm CGLS solve (``eps = 0``, see :func:`cgls`).
+
+    Tracks, per system, the CG coefficients (for the Ritz values), the cached
+    smallest Ritz value ``lo`` and the recursive residual level at which to
+    check again. Between checks the cached values only make the test a
+    necessary condition (``theta_min`` decreases with the iterations), so
+    the Ritz values and the true residual (two operator applications) are
+    computed only where a system may have converged.
+    """
+
+    def __init__(self, op, y, res, tol, bsafe, dot):
+        self.op, self.y, self.tol, self.bsafe, self.dot = op, y, tol, bsafe, dot
+        self.ritz = RitzValues(res.numel())
+        self.lo = torch.full_like(res, float("inf"))
+        self.hi = torch.zeros_like(res)
+        self.next_check = torch.full_like(res, float("inf"))
+        self.at_floor = torch.zeros_like(res, dtype=torch.bool)
+
+    def _extremes(self, iters, which):
+        lo, hi = self.ritz.extremes(iters, which)
+        lo, hi = lo.to(self.lo).view_as(self.lo), hi.to(self.hi).view_as(self.hi)
+        self.lo = torch.where(which, lo, self.lo)
+        self.hi = torch.where(which, hi, self.hi)
+
+    def _measure(self, x):
+        """True relative residual and error bound of ``x``, per system."""
+        r = self.op.rmatvec(self.y - self.op.matvec(x))
+        rnorm = self.dot(r, r).sqrt()
+        xnorm = self.dot(x, x).sqrt()
+        known = torch.isfinite(self.lo) & (self.lo > 0) & (xnorm > 0)
+        denom = torch.where(known, self.lo * xnorm, torch.ones_like(xnorm))
+        error = torch.where(known, rnorm / denom, torch.full_like(rnorm, float("inf")))
+        error = torch.where(rnorm == 0, torch.zeros_like(error), error)
+        return rnorm / self.bsafe, error
+
+    def step(self, x, rnorm, res, finite, iters, alpha, beta):
+        """Record one CG step; the systems that stop (converged or at the floor)."""
+        self.ritz.record(alpha, beta)
+        tol = self.tol
+        xnorm = self.dot(x, x).sqrt()
+        maybe = (finite & (res <= tol) & (rnorm <= tol * self.lo * xnorm)
+                 & (rnorm <= self.next_check))
+        if not bool(maybe.any()):
+            return torch.zeros_like(maybe)
+        self._extremes(iters, maybe)
+        true_res, error = self._measure(x)
+        converged = maybe & (true_res <= tol) & (error <= tol)
+        floor = maybe & ~converged & (16 * rnorm <= tol * self.lo * xnorm)
+        self.at_floor = self.at_floor | floor
+        self.next_check = torch.where(maybe & ~converged, rnorm / 4, self.next_check)
+        return converged | floor
+
+    def final(self, x, iters):
+        """Relative residual and error bound of the returned iterates."""
+        self._extremes(iters, torch.ones_like(self.at_floor))
+        res, error = self._measure(x)
+        zero = self.bsafe == 1  # A^T y = 0 (bsafe is 1 there): x = 0 is exact
+        return (torch.where(zero, torch.zeros_like(res), res),
+                torch.where(zero, torch.zeros_like(error), error))
+
+    def describe(self, bad, error) -> str:
+        """The part of the warning that says what the bound reached and why it stopped."""
+        cond = (self.hi / self.lo).sqrt()
+        msg = (f", estimated relative error bound {float(error[bad].max()):.3g} (eps = 0: the "
+               f"minimum-norm least-squares solution; cond(A) estimate "
+               f"{float(cond[bad].max()):.3g})")
+        floor = bad & self.at_floor
+        if bool(floor.any()):
+            wider = "float64, " if self.y.dtype != torch.float64 else ""
+            return msg + (f"; {int(floor.sum())} stopped where rounding errors stall the "
+                          f"residual: this tol cannot be certified in {self.y.dtype} for this "
+                          f"operator. Returning the last iterate; use {wider}eps > 0, or a "
+                          f"larger tol")
+        return msg + (". Returning the last iterate; raise max_iter, use eps > 0, or loosen tol")
 
 
 def _squeeze(t: torch.Tensor, dims) -> torch.Tensor:

@@ -22,11 +22,18 @@ class SolveInfo:
         Relative residual of the normal equations reached,
         ``||A^T (y - A x) - eps R^T R x|| / ||A^T y||`` (0 where ``A^T y = 0``).
     converged : Tensor (...,) bool
-        ``residual <= tol``.
+        ``residual <= tol``; for the minimum-norm CG solve (``eps = 0``) also
+        ``error <= tol``.
     solver : str
         ``"cg"``, ``"dct"`` or ``"fft"``.
     precond : str or None
         Preconditioner used by CG (``"dct"``, ``"fft"`` or None).
+    error : Tensor (...,) float or None
+        CG with ``eps = 0`` only: the estimated bound of the relative error
+        ``||x - A^+ y|| / ||x||``, ``||r|| / (theta_min ||x||)`` with ``r`` the
+        normal-equations residual and ``theta_min`` the smallest Ritz value of
+        ``A^T A`` (an estimate of its smallest nonzero eigenvalue); ``inf``
+        where no estimate exists. None for the other solves.
     """
 
     iterations: torch.Tensor
@@ -34,6 +41,7 @@ class SolveInfo:
     converged: torch.Tensor
     solver: str
     precond: Optional[str] = None
+    error: Optional[torch.Tensor] = None
 
     @property
     def max_iterations(self) -> int:

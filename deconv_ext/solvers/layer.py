@@ -77,5 +77,7 @@ def conv2d_exact(output: torch.Tensor, layer: V.Layer, padding: str, padding_mod
         if info is not None:
             info.iterations, info.residual, info.converged = (
                 t.squeeze(0) for t in (info.iterations, info.residual, info.converged))
+            if info.error is not None:
+                info.error = info.error.squeeze(0)
     x = x.to(output.dtype)
     return (x, info) if return_info else x
