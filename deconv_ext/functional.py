@@ -43,10 +43,14 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     eps : float or Tensor, default 1e-2
         Regularisation weight ``>= 0``, or a real non-negative tensor
         broadcastable to ``(..., H, W)`` in ``fft2`` frequency layout (a
-        per-frequency noise-to-signal ratio: the Wiener filter).
+        per-frequency noise-to-signal ratio: the Wiener filter). A NaN, Inf
+        or negative value is a ``ValueError``; under ``torch.compile``, where
+        checking the values would cost a host sync and a graph break, it
+        makes the whole result NaN instead.
     method : {"tikhonov", "pinv"}
     reg : None, "laplacian" or Tensor
-        Regulariser: identity, the 3x3 Laplacian, or any 2D kernel.
+        Regulariser: identity, the 3x3 Laplacian, or any 2D kernel, finite
+        (NaN/Inf: a ``ValueError``, under ``torch.compile`` a NaN result).
     boundary : {"circular", "reflect", "symmetric", "replicate", "zeros"}
         The forward model's boundary: how the blur extended the image past
         its edges (names of ``F.pad``; "symmetric" repeats the edge pixel,

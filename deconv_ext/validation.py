@@ -103,12 +103,14 @@ def eps(value, size: Tuple[int, int], name: str = "eps"):
             if not all(a in (1, b) for a, b in zip(tail, size)):
                 raise ValueError(f"{name} tensor of shape {tuple(value.shape)} does not broadcast to "
                                  f"the spectrum (..., {size[0]}, {size[1]})")
+        # Under torch.compile the values cannot be read without a host sync: the
+        # plan makes the result NaN instead (plans/circular.py, values_guard).
         if not torch.compiler.is_compiling():
             v = value.detach()
-            # One reduction, one host sync: NaN fails ">= 0", +inf fails "< inf".
-            if not bool(((v >= 0) & (v < _INF)).all()):
-                raise ValueError(f"{name} tensor must be finite and >= 0 everywhere "
-                                 f"(min {float(v.min()) if v.numel() else 'n/a'})")
+            # One reduction, one host sync.
+            if not bool(eps_values_ok(v)):
+                raise ValueError(f"{name} tensor must be finite and >= 0 everywhere; got "
+                                 f"{_value_summary(v)}")
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} is not valid; expected a float >= 0 or a real tensor")
@@ -116,6 +118,27 @@ def eps(value, size: Tuple[int, int], name: str = "eps"):
     if not (0 <= v < _INF):  # also rejects NaN; no math.isnan: traceable by dynamo
         raise ValueError(f"{name}={value!r} is not valid; expected a finite float >= 0")
     return v
+
+
+def eps_values_ok(value: torch.Tensor) -> torch.Tensor:
+    """0-dim bool tensor: every value of an eps tensor is finite and >= 0 (no sync).
+
+    NaN fails ``>= 0`` and +inf fails ``< inf``: one reduction.
+    """
+    return ((value >= 0) & (value < _INF)).all()
+
+
+def reg_values_ok(value: torch.Tensor) -> torch.Tensor:
+    """0-dim bool tensor: every value of a reg kernel is finite (no sync)."""
+    return torch.isfinite(value).all()
+
+
+def _value_summary(v: torch.Tensor) -> str:
+    """How many values are NaN, +-Inf and negative, for a message (syncs; error path only)."""
+    n_nan = int(torch.isnan(v).sum())
+    n_inf = int(torch.isinf(v).sum())
+    n_neg = int((v < 0).sum())
+    return f"{n_nan} NaN, {n_inf} +-Inf, {n_neg} negative of {v.numel()} values"
 
 
 def rcond(value) -> Optional[float]:
@@ -152,7 +175,16 @@ def reg(value, img_shape: Sequence[int]):
     if isinstance(value, str):
         return choice("reg", value, REGS)
     if isinstance(value, torch.Tensor):
-        return kernel(value, tuple(img_shape[-2:]), name="reg")
+        kernel(value, tuple(img_shape[-2:]), name="reg")
+        # A NaN in the kernel makes |R|^2 NaN at every frequency, where the
+        # solve would silently fall back to the pseudo-inverse: refuse it (a
+        # small kernel: one cheap reduction). Under torch.compile the plan
+        # makes the result NaN instead (plans/circular.py, values_guard).
+        if not torch.compiler.is_compiling() and not bool(reg_values_ok(value.detach())):
+            v = value.detach()
+            raise ValueError(f"reg kernel must be finite; got {int(torch.isnan(v).sum())} NaN "
+                             f"and {int(torch.isinf(v).sum())} +-Inf of {v.numel()} values")
+        return value
     raise TypeError(f"reg={value!r} is not valid; expected None, 'laplacian' or a kernel tensor")
 
 

@@ -285,3 +285,56 @@ def test_cg_tikhonov_reports_no_error_bound():
     _, info = dx.deconvolve(y, torch.rand(3, 3, generator=gen, dtype=torch.float64), eps=1e-2,
                             boundary="reflect", solver="cg", return_info=True)
     assert info.error is None and bool(info.converged)
+
+
+def _nan_at(t: torch.Tensor, *index) -> torch.Tensor:
+    t = t.clone()
+    t[index] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_reg_kernel_is_refused(bad):
+    # It once made |R|^2 NaN at every frequency, which the solve took for
+    # eps |R|^2 = 0: the pseudo-inverse, silently.
+    gen = torch.Generator().manual_seed(7)
+    y = torch.rand(16, 12, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    reg = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    reg[0, 2] = bad
+    for call in (lambda: dx.deconvolve(y, psf, eps=1e-2, reg=reg),
+                 lambda: dx.deconvolve(y, psf, eps=1e-2, reg=reg, boundary="reflect", solver="cg"),
+                 lambda: dx.DeconvPlan(psf, (16, 12), eps=1e-2, reg=reg)):
+        with pytest.raises(ValueError, match=r"reg kernel must be finite; got \d NaN and \d"):
+            call()
+
+
+def test_a_nan_eps_tensor_is_refused_and_named():
+    eps = _nan_at(torch.full((16, 12), 1e-2, dtype=torch.float64), 2, 3)
+    with pytest.raises(ValueError, match=r"eps tensor must be finite and >= 0 everywhere; got 1 NaN"):
+        dx.deconvolve(torch.rand(16, 12, dtype=torch.float64), torch.rand(3, 3, dtype=torch.float64),
+                      eps=eps)
+
+
+@pytest.mark.parametrize("what", ["eps_nan", "eps_negative", "eps_inf", "reg_nan"])
+def test_bad_eps_or_reg_values_under_compile_give_nan_not_the_pinv(what):
+    """Compiled code cannot raise on values without a host sync (a graph break):
+    the result is NaN instead of silently the pseudo-inverse at those frequencies."""
+    gen = torch.Generator().manual_seed(8)
+    y = torch.rand(2, 16, 12, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    eps = torch.rand(16, 12, generator=gen, dtype=torch.float64) * 1e-2 + 1e-3
+    reg = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    fn = torch.compile(lambda y, e, r: dx.deconvolve(y, psf, eps=e, reg=r), fullgraph=True,
+                       backend="aot_eager")
+    good = fn(y, eps, reg)
+    assert rel_err(good, reference.deconvolve(y, psf, eps=eps, reg=reg)) <= 1e-10
+    value = {"eps_nan": float("nan"), "eps_negative": -1.0, "eps_inf": float("inf"),
+             "reg_nan": float("nan")}[what]
+    if what.startswith("eps"):
+        eps = eps.clone()
+        eps[3, 4] = value
+    else:
+        reg = reg.clone()
+        reg[1, 1] = value
+    assert torch.isnan(fn(y, eps, reg)).all()

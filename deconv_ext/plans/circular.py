@@ -40,10 +40,13 @@ class DeconvPlan(Plan):
     eps : float or Tensor, default 1e-2
         Regularisation weight >= 0; a real tensor broadcastable to
         ``(..., H, W)`` in ``fft2`` layout is a per-frequency weight (Wiener
-        noise-to-signal ratio), symmetrised ``(e(w) + e(-w)) / 2``.
+        noise-to-signal ratio), symmetrised ``(e(w) + e(-w)) / 2``. Finite
+        and >= 0 (else a ``ValueError``; a plan built under ``torch.compile``,
+        which cannot read the values without a host sync, returns NaN).
     method : {"tikhonov", "pinv"}
     reg : None, "laplacian" or Tensor (kh', kw')
-        Regulariser ``R``: identity, the 3x3 discrete Laplacian, or a kernel.
+        Regulariser ``R``: identity, the 3x3 discrete Laplacian, or a finite
+        kernel (checked like ``eps``).
     rcond : float in [0, 1), optional
         Pseudo-inverse threshold relative to ``sigma_max`` (largest ``|K|``
         over the frequencies and channels of one sample). Default
@@ -129,6 +132,30 @@ class DeconvPlan(Plan):
             self._eps_op = 1.0
         else:
             self._reg_op, self._eps_op = power, float(self.eps)
+        self._guard = self._values_guard()
+
+    def _values_guard(self) -> Optional[torch.Tensor]:
+        """Under torch.compile: 0 if the eps tensor and reg kernel hold valid values, else NaN.
+
+        Eagerly, validation refuses a NaN, Inf or negative eps value and a
+        NaN/Inf reg kernel. Under compile reading the values would need a
+        host sync (a graph break), and the fused solve would treat the bad
+        frequencies as ``eps |R|^2 = 0``: the pseudo-inverse, silently. So a
+        plan built there adds this 0-dim tensor to its result instead: a bad
+        value makes the whole result NaN. None (nothing added) otherwise.
+        """
+        if not torch.compiler.is_compiling() or self.method == "pinv":
+            return None
+        flags = []
+        if isinstance(self.eps, torch.Tensor):
+            flags.append(V.eps_values_ok(self.eps))
+        if isinstance(self.reg, torch.Tensor):
+            flags.append(V.reg_values_ok(self.reg))
+        if not flags:
+            return None
+        ok = torch.stack(flags).all()
+        zero = torch.zeros((), dtype=self.dtype, device=self.psf.device)
+        return zero.masked_fill(~ok, float("nan"))
 
     @classmethod
     def for_conv2d(cls, weight: torch.Tensor, image_size, groups: int = 1, dilation=1,
@@ -204,11 +231,14 @@ class DeconvPlan(Plan):
         if image.numel() == 0:
             return torch.empty_like(image)
         if self.boundary != "circular":
-            return padded.padded_solve(self, image)
-        y = image.to(self.dtype)
-        if self.bias is not None:
-            y = y - self.bias[:, None, None]
-        x = execution.deconv2d(y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
+            x = padded.padded_solve(self, image)
+        else:
+            y = image.to(self.dtype)
+            if self.bias is not None:
+                y = y - self.bias[:, None, None]
+            x = execution.deconv2d(y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
+        if self._guard is not None:
+            x = x + self._guard.to(x.dtype)
         return x.to(image.dtype)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
