@@ -256,11 +256,12 @@ def deconvolve(darray, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikh
 
     compute = "float64" if dt == np.float64 else "float32"
     result = dt if np.issubdtype(dt, np.floating) else np.dtype(np.float32)
-    reg_np = reg.detach().cpu().numpy() if isinstance(reg, torch.Tensor) else reg
+    # resolve_neg: .numpy() refuses a lazily negated view (torch._neg_view).
+    reg_np = reg.detach().resolve_neg().cpu().numpy() if isinstance(reg, torch.Tensor) else reg
     mode = FAST_PAD_MODE[boundary]
     return darray.map_overlap(
         _solve_block, depth=depth, boundary=bnd, trim=True, dtype=result,
         meta=np.empty((0,) * nd, dtype=result),
-        psf=psf.detach().cpu().numpy(), eps=eps, method=method, reg=reg_np, rcond=rcond,
+        psf=psf.detach().resolve_neg().cpu().numpy(), eps=eps, method=method, reg=reg_np, rcond=rcond,
         mode=mode, margin=tuple(margin), own=tuple(own), nblocks=darray.numblocks,
         compute=compute, result=result, torch_threads=torch_threads)

@@ -156,6 +156,15 @@ class ConvPinv2d(nn.Module):
                              f"{self.input_size[1]})")
         return self._plan(output)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling: the
+        # plan behind forward() is Python (custom ops, routes) that TorchScript
+        # cannot compile, and its own error names a line deep inside the plan.
+        raise NotImplementedError(
+            "ConvPinv2d cannot be compiled by torch.jit.script (its solve is Python code "
+            "around custom ops); use torch.jit.trace, torch.compile or torch.export for a "
+            "module that holds a ConvPinv2d")
+
     def extra_repr(self) -> str:
         c_out, c_in_g, kh, kw = self.weight.shape
         return (f"{c_out} -> {c_in_g * self.groups}, kernel_size=({kh}, {kw}), "

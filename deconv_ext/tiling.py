@@ -138,10 +138,7 @@ def _filter_args(plan_or_psf, eps, method, reg, rcond):
         raise ValueError("a per-frequency (tensor) eps has no meaning on other FFT sizes; the "
                          "tiled solve needs a float eps")
     eps = V.eps(eps, tuple(psf.shape[-2:]))
-    if isinstance(reg, torch.Tensor):
-        V.kernel(reg, tuple(reg.shape), name="reg")
-    elif reg is not None:
-        V.choice("reg", reg, V.REGS)
+    V.reg(reg, tuple(reg.shape) if isinstance(reg, torch.Tensor) else (1, 1))
     V.rcond(rcond)
     return psf, eps, method, reg, rcond
 
@@ -248,7 +245,8 @@ def filter_reach(plan_or_psf, eps: float = 1e-2, method: str = "tikhonov", reg=N
 
 def _reach_key(psf, eps, method, reg, rcond, tol):
     def content(t):
-        b = t.detach().cpu().to(torch.float64).contiguous().numpy().tobytes()
+        # resolve_neg: .numpy() refuses a lazily negated view (torch._neg_view).
+        b = t.detach().resolve_neg().cpu().to(torch.float64).contiguous().numpy().tobytes()
         return (hashlib.sha1(b).hexdigest(), tuple(t.shape), str(t.dtype))
 
     r = content(reg) if isinstance(reg, torch.Tensor) else reg

@@ -28,10 +28,36 @@ def choice(name: str, value, valid: Sequence[str]) -> str:
     return value
 
 
+def dense(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A dense (strided) tensor that no ``torch.func`` transform wraps.
+
+    The ops read strided memory: a sparse tensor would fail inside them with
+    a message about memory formats. A tensor wrapped by ``torch.vmap`` or
+    ``torch.func.grad`` (and ``jacrev``, ``vjp``, ``jvp``, ...) has no storage
+    to read, and the ops' autograd formulas (``torch.library.register_autograd``)
+    cannot run under those transforms.
+    """
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} has layout {x.layout}; expected a dense (torch.strided) "
+                        f"tensor; convert it with .to_dense()")
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if torch._C._functorch.is_batchedtensor(x):
+            raise NotImplementedError(
+                f"{name} is batched by torch.vmap, which deconv_ext's ops do not support; "
+                f"pass the batch as leading dims instead: every function takes (..., H, W) "
+                f"images, and a PSF (..., kh, kw) broadcasts to them")
+        raise NotImplementedError(
+            f"{name} is traced by a torch.func transform (grad, vjp, jacrev, jvp, ...), which "
+            f"deconv_ext's ops do not support; use torch.autograd.grad or .backward() (every "
+            f"op is differentiable), or deconv_ext.reference (pure torch) under torch.func")
+    return x
+
+
 def image(x, name: str = "image") -> torch.Tensor:
-    """A real floating tensor with at least 2 dims (..., H, W)."""
+    """A real floating dense tensor with at least 2 dims (..., H, W)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    dense(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}; expected a real floating dtype "
                         f"(float16, bfloat16, float32 or float64)")
@@ -71,6 +97,7 @@ def kernel(k, img_shape: Sequence[int], name: str = "psf") -> torch.Tensor:
     """A real floating kernel (..., kh, kw) that fits in and broadcasts to the image."""
     if not isinstance(k, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(k).__name__}")
+    dense(name, k)
     if k.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {k.dtype}; expected a real floating dtype")
     if k.dim() < 2:
@@ -96,6 +123,7 @@ def kernel(k, img_shape: Sequence[int], name: str = "psf") -> torch.Tensor:
 def eps(value, size: Tuple[int, int], name: str = "eps"):
     """A finite scalar >= 0, or a real non-negative tensor broadcastable to (..., H, W)."""
     if isinstance(value, torch.Tensor):
+        dense(f"{name} tensor", value)
         if value.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} tensor has dtype {value.dtype}; expected a real floating dtype")
         if value.dim() >= 1:
@@ -301,6 +329,7 @@ def conv_layer(weight, groups_, dilation, bias, size: Optional[Tuple[int, int]] 
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    dense("weight", weight)
     if weight.dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight has dtype {weight.dtype}; expected a real floating dtype")
     if weight.dim() != 4:
@@ -321,6 +350,7 @@ def conv_layer(weight, groups_, dilation, bias, size: Optional[Tuple[int, int]] 
         if not isinstance(bias, torch.Tensor):
             raise TypeError(f"bias must be None or a torch.Tensor of shape ({c_out},), got "
                             f"{type(bias).__name__}")
+        dense("bias", bias)
         if bias.dtype not in FLOAT_DTYPES:
             raise TypeError(f"bias has dtype {bias.dtype}; expected a real floating dtype")
         if tuple(bias.shape) != (c_out,):

@@ -338,3 +338,99 @@ def test_bad_eps_or_reg_values_under_compile_give_nan_not_the_pinv(what):
         reg = reg.clone()
         reg[1, 1] = value
     assert torch.isnan(fn(y, eps, reg)).all()
+
+
+@pytest.mark.parametrize("layout,which", [(lay, w) for lay in ("coo", "csr")
+                                          for w in ("image", "psf", "eps", "weight")
+                                          if (lay, w) != ("csr", "weight")])  # CSR is 2D
+def test_sparse_tensors_are_named_and_refused(layout, which):
+    gen = torch.Generator().manual_seed(9)
+    y = torch.rand(12, 10, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+
+    def sparse(t):
+        return t.to_sparse() if layout == "coo" else t.to_sparse_csr()
+
+    calls = {"image": (lambda: dx.deconvolve(sparse(y), psf), "image"),
+             "psf": (lambda: dx.convolve(y, sparse(psf)), "psf"),
+             "eps": (lambda: dx.deconvolve(y, psf, eps=sparse(torch.full((12, 10), 0.1,
+                                                                         dtype=torch.float64))),
+                     "eps tensor"),
+             "weight": (lambda: dx.conv2d_pinv(y[None], sparse(psf)[None, None]), "weight")}
+    call, name = calls[which]
+    with pytest.raises(TypeError, match=f"{name} has layout torch.sparse_{layout}; expected a "
+                                        f"dense \\(torch.strided\\) tensor; convert it with "
+                                        f"\\.to_dense\\(\\)"):
+        call()
+
+
+def test_lazily_negated_views_work_like_their_values():
+    # torch._neg_view once failed in the plan cache's hash ("view is not supported for
+    # tensors with negative bit set"); a complex conj view is a dtype error like any complex.
+    gen = torch.Generator().manual_seed(10)
+    y = torch.rand(2, 12, 10, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    neg = torch._neg_view(psf)
+    assert neg.is_neg()
+    assert rel_err(dx.deconvolve(y, neg, eps=1e-2), reference.deconvolve(y, -psf, eps=1e-2)) <= 1e-12
+    assert rel_err(dx.convolve(torch._neg_view(y), neg), dx.convolve(y, psf)) <= 1e-12
+    assert rel_err(dx.DeconvPlan(neg, (12, 10))(y), reference.deconvolve(y, -psf)) <= 1e-12
+    reg = torch._neg_view(torch.rand(3, 3, generator=gen, dtype=torch.float64))
+    assert rel_err(dx.deconvolve(y, psf, reg=reg),
+                   reference.deconvolve(y, psf, reg=reg.resolve_neg())) <= 1e-12
+    assert dx.filter_reach(neg).margin == dx.filter_reach(-psf).margin
+    with pytest.raises(TypeError, match="psf has dtype torch.complex128; expected a real"):
+        dx.deconvolve(y, torch.complex(psf, psf).conj())
+
+
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+@pytest.mark.parametrize("target", ["deconvolve", "plan", "psf", "convolve", "conv2d_pinv"])
+def test_torch_func_transforms_get_a_clear_error(transform, target):
+    gen = torch.Generator().manual_seed(11)
+    y = torch.rand(3, 12, 10, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    plan = dx.DeconvPlan(psf, (12, 10))
+    w = torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64)
+    y0 = y[0]
+    fns = {"deconvolve": (lambda a: dx.deconvolve(a, psf), y, "image"),
+           "plan": (lambda a: plan(a), y, "image"),
+           "psf": (lambda p: dx.deconvolve(y0, p), psf[None].repeat(3, 1, 1), "psf"),
+           "convolve": (lambda a: dx.convolve(a, psf), y, "image"),
+           "conv2d_pinv": (lambda a: dx.conv2d_pinv(a, w, groups=2), y[:, None].repeat(1, 2, 1, 1),
+                           "output")}
+    fn, arg, name = fns[target]
+    if transform == "vmap":
+        match = f"{name} is batched by torch.vmap, which deconv_ext's ops do not support"
+        run = lambda: torch.vmap(fn)(arg)  # noqa: E731
+    else:
+        match = f"{name} is traced by a torch.func transform .*use torch.autograd.grad"
+        arg = arg[0]
+        run = lambda: torch.func.grad(lambda a: fn(a).sum())(arg)  # noqa: E731
+    with pytest.raises(NotImplementedError, match=match):
+        run()
+
+
+def test_torch_func_works_on_the_reference_the_error_points_to():
+    gen = torch.Generator().manual_seed(12)
+    y = torch.rand(12, 10, generator=gen, dtype=torch.float64)
+    psf = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    g = torch.func.grad(lambda a: reference.deconvolve(a, psf, eps=1e-2).square().sum())(y)
+    yg = y.clone().requires_grad_()
+    dx.deconvolve(yg, psf, eps=1e-2).square().sum().backward()
+    assert rel_err(g, yg.grad) <= 1e-10
+
+
+def test_jit_script_of_a_module_holding_conv_pinv_says_what_to_use():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = torch.nn.Conv2d(2, 2, 3, padding="same", padding_mode="circular")
+            self.inv = dx.ConvPinv2d.from_conv(conv, (8, 8))
+
+        def forward(self, x):
+            return self.inv(x)
+
+    for module in (Net(), Net().inv):
+        with pytest.raises(NotImplementedError, match="ConvPinv2d cannot be compiled by "
+                                                      "torch.jit.script .*use torch.jit.trace"):
+            torch.jit.script(module)

@@ -59,7 +59,9 @@ def _digest(t: torch.Tensor) -> str:
     if memo is not None and memo[0]() is t and memo[1] == t._version:
         return memo[2]
     if t.device.type == "cpu":
-        raw = t.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype, no copy
+        # A lazily negated view (torch._neg_view) cannot be reinterpreted as
+        # bytes: resolve_neg materialises it (and is free for any other tensor).
+        raw = t.detach().resolve_neg().contiguous().reshape(-1).view(torch.uint8)  # any dtype
         digest = hashlib.blake2b(memoryview(raw.numpy()), digest_size=16).hexdigest()
     else:
         digest = f"object-{next(_tokens)}-version-{t._version}"
