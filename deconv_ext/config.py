@@ -24,7 +24,9 @@ variable                           default      values
                                                 multi-channel layer plan before it goes
                                                 matrix-free (bytes)
 ``XDG_CACHE_HOME``                 ``~/.cache`` where the measured FFT choices are kept
-                                                (``deconv_ext/fft_choice.json`` below it)
+                                                (``deconv_ext/fft_choice.json`` below it);
+                                                a relative path is ignored, as the XDG
+                                                spec says
 =================================  ===========  ==========================================
 
 Earlier names are still read: ``DECONV_EXT_BACKEND`` (``cpp`` = ``auto``,
@@ -64,7 +66,9 @@ class Config:
     mkl_dfti : bool
     max_filter_bytes : int >= 0
     cache_dir : str
-        Absolute folder of the FFT-choice cache.
+        Absolute folder of the FFT-choice cache; ``""`` when there is none
+        (no absolute ``XDG_CACHE_HOME`` and no home folder): the choices are
+        then kept in memory only.
     """
 
     kernels: str = "auto"
@@ -114,10 +118,6 @@ def from_environment(env: Optional[Mapping[str, str]] = None) -> Config:
     if max_bytes < 0:
         raise ValueError(f"DECONV_EXT_MAX_FILTER_BYTES={raw_bytes!r} is not valid; expected an "
                          f"int >= 0 (bytes)")
-    cache_root = env.get("XDG_CACHE_HOME", "")
-    # The XDG spec ignores relative paths: they would write into the working directory.
-    if not os.path.isabs(cache_root):
-        cache_root = os.path.join(os.path.expanduser("~"), ".cache")
     return Config(
         kernels=_read(env, ("DECONV_EXT_KERNELS", "DECONV_EXT_BACKEND"), _LEGACY_KERNELS, KERNELS,
                       "auto"),
@@ -126,8 +126,25 @@ def from_environment(env: Optional[Mapping[str, str]] = None) -> Config:
                       "pipeline"),
         mkl_dfti=env.get("DECONV_EXT_MKL", "").strip() != "0",
         max_filter_bytes=max_bytes,
-        cache_dir=os.path.join(cache_root, "deconv_ext"),
+        cache_dir=_cache_dir(env),
     )
+
+
+def _cache_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/deconv_ext``, else ``~/.cache/deconv_ext``; ``""`` if neither is absolute.
+
+    The XDG Base Directory spec: "If an implementation encounters a relative
+    path in any of these variables it should consider the path invalid and
+    ignore it" -- a relative one would write into the working directory. A
+    home folder that cannot be found leaves ``expanduser("~")`` relative too.
+    """
+    root = env.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(root):
+        home = env.get("HOME", "")
+        if not os.path.isabs(home):
+            home = os.path.expanduser("~")  # HOME unset: the password database's entry
+        root = os.path.join(home, ".cache")
+    return os.path.join(root, "deconv_ext") if os.path.isabs(root) else ""
 
 
 _current: Optional[Config] = None

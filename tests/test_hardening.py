@@ -434,3 +434,39 @@ def test_jit_script_of_a_module_holding_conv_pinv_says_what_to_use():
         with pytest.raises(NotImplementedError, match="ConvPinv2d cannot be compiled by "
                                                       "torch.jit.script .*use torch.jit.trace"):
             torch.jit.script(module)
+
+
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path):
+    from deconv_ext import config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    assert config.from_environment({"XDG_CACHE_HOME": "rel/cache", "HOME": str(home)}).cache_dir \
+        == str(home / ".cache" / "deconv_ext")
+    assert config.from_environment({"XDG_CACHE_HOME": str(tmp_path / "abs")}).cache_dir \
+        == str(tmp_path / "abs" / "deconv_ext")
+    # With no absolute folder at all the choices stay in memory: never a relative path.
+    assert config.from_environment({"XDG_CACHE_HOME": "rel", "HOME": "also/rel"}).cache_dir in (
+        "", os.path.join(os.path.expanduser("~"), ".cache", "deconv_ext"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME="relcache", HOME=str(home), DECONV_EXT_CPU_FFT="auto",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(MEASURE)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    assert list(work.iterdir()) == []  # nothing written into the working directory
+    assert (home / ".cache" / "deconv_ext" / "fft_choice.json").is_file()
+
+
+def test_no_absolute_cache_folder_keeps_choices_in_memory(tmp_path, monkeypatch):
+    from deconv_ext import config
+    from deconv_ext.execution import fft_choice
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fft_choice, "_warned", False)
+    with config.override(cache_dir="", cpu_fft="auto"):
+        assert fft_choice.cache_path() == ""
+        with pytest.warns(RuntimeWarning, match="no absolute cache folder.*kept in memory only"):
+            fft_choice.choose((1, 10, 14), torch.float32)
+    assert list(tmp_path.iterdir()) == []

@@ -50,8 +50,9 @@ _loaded_from = None
 
 
 def cache_path() -> str:
-    """The JSON file holding measured choices."""
-    return os.path.join(config.get().cache_dir, "fft_choice.json")
+    """The JSON file holding measured choices; ``""`` when there is no cache folder."""
+    folder = config.get().cache_dir
+    return os.path.join(folder, "fft_choice.json") if folder else ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,12 +108,17 @@ def _load(path: str) -> None:
     if _loaded_from == path:
         return
     _loaded_from = path
-    _choices.update(_read(path))
+    if path:
+        _choices.update(_read(path))
 
 
 def _save(path: str, key: str) -> None:
     """Add ``key`` to the file: read, merge, write atomically, under an exclusive lock,
     so that processes measuring at once keep each other's entries."""
+    if not path:
+        _warn_once("no absolute cache folder is known (XDG_CACHE_HOME and HOME unset or "
+                   "relative)")
+        return
     folder = os.path.dirname(path)
     tmp = None
     try:
