@@ -470,3 +470,64 @@ def test_no_absolute_cache_folder_keeps_choices_in_memory(tmp_path, monkeypatch)
         with pytest.warns(RuntimeWarning, match="no absolute cache folder.*kept in memory only"):
             fft_choice.choose((1, 10, 14), torch.float32)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.float32, 1.4e-45), (torch.float32, 1e-40),
+                                       (torch.float32, 2.9e-39), (torch.float64, 1e-310)])
+def test_a_subnormal_eps_gives_a_finite_result(dtype, eps):
+    # A 2x2 box has exact spectral zeros on an even grid: there 1 / (0 + eps)
+    # overflowed to inf and 0 * inf made the whole image NaN.
+    gen = torch.Generator().manual_seed(13)
+    y = torch.rand(2, 16, 12, generator=gen, dtype=dtype)
+    box = torch.full((2, 2), 0.25, dtype=dtype)
+    tiny = torch.finfo(dtype).tiny
+    want = dx.deconvolve(y, box, eps=tiny)
+    assert torch.isfinite(want).all()
+    assert torch.equal(dx.deconvolve(y, box, eps=eps), want)
+    assert torch.isfinite(dx.deconvolve(y, box, eps=eps, boundary="reflect")).all()
+    yg = y.clone().requires_grad_()  # the dispatcher route
+    out = dx.deconvolve(yg, box, eps=eps)
+    assert torch.equal(out.detach(), want)
+    out.sum().backward()
+    assert torch.isfinite(yg.grad).all()
+    e = torch.full((16, 12), eps, dtype=dtype)
+    assert torch.isfinite(dx.deconvolve(y, box, eps=e)).all()
+    # An invertible PSF: a subnormal eps is the inverse.
+    psf = torch.tensor([[0.1, 0.2, 0.1], [0.2, 1.0, 0.2], [0.1, 0.2, 0.1]], dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert rel_err(dx.deconvolve(y, psf, eps=eps),
+                   reference.deconvolve(y.double(), psf.double(), eps=0.0)) <= tol
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-20, 1e-18, 1e20, 1e25, 1e38])
+@pytest.mark.parametrize("kind", ["tikhonov", "pinv", "reflect"])
+def test_a_scaled_psf_in_float32_gives_the_scaled_answer(scale, kind):
+    """deconvolve(y, s psf, s^2 eps) = deconvolve(y, psf, eps) / s: |K|^2 once
+    overflowed (s = 1e20: error 0.25; 1e25: zeros) or its inverse did (1e-20: NaN)."""
+    gen = torch.Generator().manual_seed(14)
+    y = torch.rand(2, 16, 12, generator=gen)
+    psf = torch.rand(3, 3, generator=gen)
+    psf = psf / psf.sum()
+    kw = {"tikhonov": dict(eps=1e-2), "pinv": dict(method="pinv"),
+          "reflect": dict(eps=1e-2, boundary="reflect")}[kind]
+    if kind == "reflect":
+        want = dx.deconvolve(y.double(), psf.double(), **kw)
+    else:
+        want = reference.deconvolve(y.double(), psf.double(), **kw)
+    scaled = dict(kw, eps=kw["eps"] * scale ** 2) if "eps" in kw else kw
+    got = dx.deconvolve(y, psf * scale, **scaled)
+    assert torch.isfinite(got).all()
+    assert rel_err(got.double() * scale, want) <= 1e-5
+    plan = dx.DeconvPlan(psf * scale, (16, 12), **scaled)
+    assert rel_err(plan(y).double() * scale, want) <= 1e-5
+    # blur applies the PSF as it is.
+    boundary = kw.get("boundary", "circular")
+    assert rel_err(plan.blur(got).double(),
+                   dx.convolve(got.double(), (psf * scale).double(), boundary)) <= 1e-5
+    # A linear loss: d loss / d out = scale * w stays finite in float32 even at 1e38.
+    w = torch.rand(y.shape, generator=gen)
+    yg = y.clone().requires_grad_()
+    (dx.deconvolve(yg, psf * scale, **scaled) * scale * w).sum().backward()
+    yr = y.double().clone().requires_grad_()
+    (dx.deconvolve(yr, psf.double(), **kw) * w.double()).sum().backward()
+    assert rel_err(yg.grad.double(), yr.grad) <= 1e-4

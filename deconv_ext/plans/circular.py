@@ -6,6 +6,7 @@ per-frequency solve and one ``irfft2``.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -117,22 +118,58 @@ class DeconvPlan(Plan):
     def _build(self) -> None:
         size = self.fft_size
         dtype, device = self.dtype, self.psf.device
+        # blur / adjoint apply the PSF's own spectrum.
         self.spectrum = spectra.psf_spectrum(self.psf, size)
+        # The solve is scale invariant: with c = 2^k, solving with (c psf,
+        # c^2 eps) and multiplying by c is the same maths, and exact in
+        # floating point. A PSF far from 1 is brought near it first, so that
+        # |K|^2 and the threshold (rcond sigma_max)^2 neither overflow (a PSF
+        # of 1e20 in float32) nor fall where 1 / (|K|^2 + eps) overflows (1e-20).
+        k = self._scale_exponent()
+        self._out_scale = 2.0 ** k if k else None
+        self._solve_spectrum = (self.spectrum if not k
+                                else spectra.psf_spectrum(self.psf * 2.0 ** k, size))
         rcond = spectral.default_rcond(size, dtype) if self.rcond is None else self.rcond
         # The threshold is a choice of which frequencies to keep, not a
         # differentiable quantity.
-        self.thresh = spectra.pinv_threshold(self.spectrum.detach(), rcond).to(dtype)
+        self.thresh = spectra.pinv_threshold(self._solve_spectrum.detach(), rcond).to(dtype)
         power = spectra.reg_power(self.reg, size, dtype, device)
-        # The fused op takes X = conj(K) Y / (|K|^2 + eps_op * reg_op).
+        # The fused op takes X = conj(K) Y / (|K|^2 + eps_op * reg_op), computing
+        # 1 / (|K|^2 + p): a p > 0 below the dtype's smallest normal number (a
+        # subnormal eps, 1e-45 in float32) would overflow it to inf where K = 0,
+        # and 0 * inf is NaN. Such a p is raised to that number (a change far
+        # below the dtype's resolution of |K|^2).
+        tiny = torch.finfo(dtype).tiny
         if self.method == "pinv":
             self._reg_op, self._eps_op = None, 0.0
         elif isinstance(self.eps, torch.Tensor):
-            e = spectral.symmetrised_eps(self.eps, size)
-            self._reg_op = e if power is None else e * power
+            e = spectral.symmetrised_eps(self.eps, size) * 4.0 ** k
+            p = e if power is None else e * power
+            self._reg_op = torch.where(p > 0, p.clamp_min(tiny), p)
             self._eps_op = 1.0
         else:
-            self._reg_op, self._eps_op = power, float(self.eps)
+            eps = float(self.eps) * 4.0 ** k
+            self._reg_op, self._eps_op = power, (max(eps, tiny) if eps > 0 else 0.0)
         self._guard = self._values_guard()
+
+    #: PSFs whose largest |value| lies in [2^-32, 2^32] are solved as they are:
+    #: their |K|^2 and thresholds are safe in float32 (every common PSF).
+    _SAFE_SCALE = 32
+
+    def _scale_exponent(self) -> int:
+        """``k`` with ``2^k max|psf|`` in [0.5, 1) for a PSF outside the safe range, else 0.
+
+        Reads one value from the PSF (a host sync), so not under
+        ``torch.compile`` or ``torch.jit.trace``: a plan built there solves
+        the PSF as it is.
+        """
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.psf.numel() == 0:
+            return 0
+        amax = float(self.psf.detach().abs().amax())
+        if not 0.0 < amax < float("inf"):
+            return 0  # an all-zero PSF (the answer is 0) or a non-finite one (NaN out)
+        _, e = math.frexp(amax)  # amax = m 2^e, m in [0.5, 1)
+        return -e if abs(e) > self._SAFE_SCALE else 0
 
     def _values_guard(self) -> Optional[torch.Tensor]:
         """Under torch.compile: 0 if the eps tensor and reg kernel hold valid values, else NaN.
@@ -236,7 +273,10 @@ class DeconvPlan(Plan):
             y = image.to(self.dtype)
             if self.bias is not None:
                 y = y - self.bias[:, None, None]
-            x = execution.deconv2d(y, self.spectrum, self._reg_op, self._eps_op, self.thresh)
+            x = execution.deconv2d(y, self._solve_spectrum, self._reg_op, self._eps_op,
+                                   self.thresh)
+        if self._out_scale is not None:
+            x = x * self._out_scale
         if self._guard is not None:
             x = x + self._guard.to(x.dtype)
         return x.to(image.dtype)

@@ -203,9 +203,10 @@ def padded_solve(plan, image: torch.Tensor) -> torch.Tensor:
 
     ``image`` (..., H, W) is extended by :data:`FAST_PAD_MODE` [boundary]
     into the plan's (Nh, Nw) buffer (fused pad + cast op), optionally
-    tapered, solved circularly there with the plan's spectrum and cropped back
-    (fused crop + cast op). The border absorbs the wrap-around that makes a
-    plain circular solve ring at the edges.
+    tapered, solved circularly there with the plan's solve spectrum and
+    cropped back (fused crop + cast op). The border absorbs the wrap-around
+    that makes a plain circular solve ring at the edges. The caller
+    (``DeconvPlan._solve``) applies the plan's output scale.
 
     Returns
     -------
@@ -215,10 +216,11 @@ def padded_solve(plan, image: torch.Tensor) -> torch.Tensor:
     Nh, Nw = geo.fft_size
     mode = FAST_PAD_MODE[plan.boundary]
     if not plan.taper:
-        return execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
-                                         plan._reg_op, plan._eps_op, plan.thresh)
+        return execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode,
+                                         plan._solve_spectrum, plan._reg_op, plan._eps_op,
+                                         plan.thresh)
     buf = taper_border(execution.pad(image, geo.top, geo.left, Nh, Nw, mode), geo, plan.taper)
-    x = execution.deconv2d(buf, plan.spectrum, plan._reg_op, plan._eps_op, plan.thresh)
+    x = execution.deconv2d(buf, plan._solve_spectrum, plan._reg_op, plan._eps_op, plan.thresh)
     return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype)
 
 
