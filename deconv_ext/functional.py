@@ -130,6 +130,12 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     (every output pixel of that image plane may become NaN) unless
     ``check_finite=True``.
 
+    The solve is scale invariant: a PSF scaled by ``s`` with ``eps`` scaled
+    by ``s**2`` gives the result divided by ``s``, in float32 too for PSF
+    values far from 1 (the PSF is brought near 1 by an exact power of two
+    first; eagerly, not under ``torch.compile``). A positive ``eps`` below
+    the dtype's smallest normal number (a subnormal) acts as that number.
+
     References
     ----------
     .. [1] A. N. Tikhonov, V. Y. Arsenin, "Solutions of Ill-Posed Problems", 1977.

@@ -531,3 +531,45 @@ def test_a_scaled_psf_in_float32_gives_the_scaled_answer(scale, kind):
     yr = y.double().clone().requires_grad_()
     (dx.deconvolve(yr, psf.double(), **kw) * w.double()).sum().backward()
     assert rel_err(yg.grad.double(), yr.grad) <= 1e-4
+
+
+def test_the_default_cpu_fft_is_fixed_and_measures_nothing(tmp_path):
+    # Issue 18: the timed choice flipped between runs; measuring is opt-in now.
+    code = """
+    import torch, deconv_ext as dx
+    from deconv_ext import config
+    from deconv_ext.execution import fft_choice
+    def refuse(*a):
+        raise AssertionError("measured an FFT choice by default")
+    fft_choice._measure = refuse
+    assert config.get().cpu_fft == "pipeline", config.get()
+    for shape in [(3, 24, 20), (2, 31, 17)]:
+        dx.deconvolve(torch.rand(shape), torch.rand(3, 3))
+    print("ok")
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("DECONV_EXT_CPU_FFT", "DECONV_EXT_FFT")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "deconv_ext").exists()
+
+
+def test_the_fft_choice_file_stays_bounded(tmp_path, monkeypatch):
+    from deconv_ext import config
+    from deconv_ext.execution import fft_choice
+
+    folder = tmp_path / "deconv_ext"
+    folder.mkdir()
+    old = {f"old|{i}": "scipy" for i in range(fft_choice._MAX_ENTRIES + 40)}
+    (folder / "fft_choice.json").write_text(json.dumps(old))
+    monkeypatch.setattr(fft_choice, "_measure", lambda shape, dtype: "pipeline")
+    monkeypatch.setattr(fft_choice, "_choices", {})
+    monkeypatch.setattr(fft_choice, "_known", {})
+    monkeypatch.setattr(fft_choice, "_loaded_from", None)
+    with config.override(cache_dir=str(folder), cpu_fft="auto"):
+        assert fft_choice.choose((1, 9, 11), torch.float64) == "pipeline"
+    saved = json.loads((folder / "fft_choice.json").read_text())
+    assert len(saved) == fft_choice._MAX_ENTRIES
+    assert list(saved.values())[-1] == "pipeline"  # the newest entry is kept, the oldest go
+    assert "old|0" not in saved and f"old|{len(old) - 1}" in saved
