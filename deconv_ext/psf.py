@@ -9,25 +9,43 @@ sizes chosen by default is the centre. Pass one to
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
 
-__all__ = ["gaussian", "box", "motion", "disk"]
+__all__ = ["gaussian", "box", "motion", "disk", "MAX_SIDE"]
+
+#: Largest kernel side a constructor builds (a 8193 x 8193 float64 kernel is
+#: 0.5 GB; a larger one is a typo, e.g. ``gaussian(20000)``, not a blur).
+MAX_SIDE = 8193
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} is not valid; expected a finite number > 0")
     v = float(value)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name}={value!r} is not valid; expected a finite number > 0")
     return v
 
 
-def _size(name: str, size: Optional[int], default: int) -> int:
+def _size(name: str, size: Optional[int], default) -> int:
+    """``size`` (a positive int) or, if None, ``default`` (computed from ``name``'s parameter),
+    at most :data:`MAX_SIDE`."""
     if size is None:
-        return default
-    if isinstance(size, bool) or int(size) != size or size < 1:
-        raise ValueError(f"{name}={size!r} is not valid; expected a positive int")
+        try:
+            n = default() if callable(default) else default
+        except OverflowError:  # e.g. ceil(3 * 1e308)
+            n = math.inf
+        if n > MAX_SIDE:
+            wide = f"{n} pixels" if n <= 1 << 24 else "wider than any image"
+            raise ValueError(f"{name}: the kernel would be {wide}; expected at most "
+                             f"{MAX_SIDE} pixels (a smaller parameter, or size=)")
+        return n
+    if (isinstance(size, bool) or not isinstance(size, numbers.Real) or not math.isfinite(size)
+            or int(size) != size or not 1 <= size <= MAX_SIDE):
+        raise ValueError(f"size={size!r} is not valid; expected an int in [1, {MAX_SIDE}]")
     return int(size)
 
 
@@ -53,7 +71,7 @@ def gaussian(sigma: float, size: Optional[int] = None,
     Tensor (size, size), sums to 1, peak at ``(size // 2, size // 2)``.
     """
     sigma = _positive("sigma", sigma)
-    n = _size("size", size, 2 * math.ceil(3 * sigma) + 1)
+    n = _size(f"sigma={sigma:g}", size, lambda: 2 * math.ceil(3 * sigma) + 1)
     r = torch.arange(n, dtype=torch.float64) - n // 2
     g = torch.exp(-0.5 * (r / sigma) ** 2)
     return _normalised(g[:, None] * g[None, :], dtype)
@@ -74,7 +92,11 @@ def box(size: Union[int, tuple], dtype: torch.dtype = torch.float32) -> torch.Te
     -------
     Tensor (kh, kw), every entry ``1 / (kh * kw)``.
     """
+    if isinstance(size, (tuple, list)) and len(size) != 2:
+        raise ValueError(f"size={size!r} is not valid; expected an int or a pair of ints")
     kh, kw = (size, size) if not isinstance(size, (tuple, list)) else size
+    if kh is None or kw is None:
+        raise ValueError(f"size={size!r} is not valid; expected an int or a pair of ints")
     kh, kw = _size("size", kh, 1), _size("size", kw, 1)
     return torch.full((kh, kw), 1.0 / (kh * kw), dtype=dtype)
 
@@ -107,7 +129,7 @@ def motion(length: float, angle: float = 0.0, size: Optional[int] = None,
     if not math.isfinite(float(angle)):
         raise ValueError(f"angle={angle!r} is not valid; expected a finite number of degrees")
     half = (length - 1) / 2
-    n = _size("size", size, 2 * math.ceil(half) + 3)
+    n = _size(f"length={length:g}", size, lambda: 2 * math.ceil(half) + 3)
     c = n // 2
     theta = math.radians(float(angle))
     # Sample the segment densely; the extent (length - 1) makes length=1 a
@@ -149,11 +171,16 @@ def disk(radius: float, size: Optional[int] = None,
     Tensor (size, size), sums to 1, centred on ``(size // 2, size // 2)``.
     """
     radius = _positive("radius", radius)
-    n = _size("size", size, 2 * math.ceil(radius) + 1)
+    n = _size(f"radius={radius:g}", size, lambda: 2 * math.ceil(radius) + 1)
     sub = 8
     offs = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub - 0.5
     r = torch.arange(n, dtype=torch.float64) - n // 2
-    yy = (r[:, None] + offs[None, :]).reshape(-1)
-    inside = (yy[:, None] ** 2 + yy[None, :] ** 2) <= radius ** 2
-    k = inside.to(torch.float64).reshape(n, sub, n, sub).mean(dim=(1, 3))
-    return _normalised(k, dtype)
+    # One (n, n) count per sub-pixel offset pair: memory stays that of the
+    # kernel (all 64 samples at once would be 64 times it). The counts of
+    # 0/1 samples are exact, so the result does not depend on the order.
+    count = torch.zeros(n, n, dtype=torch.float64)
+    for oy in offs:
+        dy2 = (r + oy) ** 2
+        for ox in offs:
+            count += ((dy2[:, None] + ((r + ox) ** 2)[None, :]) <= radius ** 2)
+    return _normalised(count / (sub * sub), dtype)

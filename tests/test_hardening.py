@@ -573,3 +573,74 @@ def test_the_fft_choice_file_stays_bounded(tmp_path, monkeypatch):
     assert len(saved) == fft_choice._MAX_ENTRIES
     assert list(saved.values())[-1] == "pipeline"  # the newest entry is kept, the oldest go
     assert "old|0" not in saved and f"old|{len(old) - 1}" in saved
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: dx.gaussian(1e308), r"sigma=1e\+308: the kernel would be wider than any image"),
+    (lambda: dx.gaussian(20000), r"sigma=20000: the kernel would be 120001 pixels; expected at "
+                                 r"most 8193"),
+    (lambda: dx.gaussian(2, 1e400), r"size=inf is not valid; expected an int in \[1, 8193\]"),
+    (lambda: dx.gaussian(float("nan")), "sigma=nan is not valid; expected a finite number > 0"),
+    (lambda: dx.box(float("nan")), r"size=nan is not valid; expected an int"),
+    (lambda: dx.box(float("inf")), r"size=inf is not valid"),
+    (lambda: dx.box(10 ** 12), r"size=1000000000000 is not valid"),
+    (lambda: dx.box((3,)), r"size=\(3,\) is not valid; expected an int or a pair"),
+    (lambda: dx.motion(1e9, 0.0), r"length=1e\+09: the kernel would be wider than any image"),
+    (lambda: dx.motion(1e5, 0.0), r"length=100000: the kernel would be 100003 pixels"),
+    (lambda: dx.disk(1e6), r"radius=1e\+06: the kernel would be 2000001 pixels"),
+])
+def test_psf_constructors_refuse_absurd_parameters_at_once(call, match):
+    # Issue 18: OverflowError, "cannot convert float NaN to integer", or a
+    # kernel of 1.4e10 pixels (gaussian(20000)) being built.
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        call()
+    assert time.perf_counter() - t0 < 5
+
+
+def test_psf_constructor_parameters_must_be_numbers():
+    with pytest.raises(TypeError, match="sigma='2' is not valid; expected a finite number > 0"):
+        dx.gaussian("2")
+
+
+def test_disk_memory_stays_that_of_the_kernel():
+    # The 8x8 sub-pixel samples once lived all at once (64 kernels of float64).
+    big = dx.disk(40.0, dtype=torch.float64)
+    assert big.shape == (81, 81) and abs(float(big.sum()) - 1) < 1e-12
+    inside = big[40, 40] * (81 * 81)
+    assert float(big[40, 40]) == float(big.max()) and float(inside) > 1
+    assert float(big[0, 0]) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_inputs_into_every_public_function_give_a_result_or_a_clear_error(seed):
+    """tests/fuzz_public.py: dtypes, layouts, sizes (0, absurd), NaN/Inf/extreme values into
+    deconvolve, convolve, DeconvPlan, conv2d_pinv, conv2d_svdvals and the PSF constructors;
+    in a subprocess, so that a signal or a hang fails here."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "fuzz_public.py"),
+                           str(seed), "600"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-6000:], proc.stderr[-3000:])
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_cg_in_float32_is_scale_invariant(scale):
+    # Found by tests/fuzz_public.py: a float32 CG with a 1e30 weight overflowed
+    # its norms (||A^T y||^2) and returned NaN with residual NaN.
+    gen = torch.Generator().manual_seed(15)
+    w = torch.rand(2, 1, 3, 3, generator=gen)
+    out = torch.rand(1, 2, 8, 7, generator=gen)
+    want = dx.conv2d_pinv(out.double(), w.double(), groups=2, padding="valid", eps=1e-2)
+    got, info = dx.conv2d_pinv(out, w * scale, groups=2, padding="valid", eps=1e-2 * scale ** 2,
+                               return_info=True)
+    assert bool(info.converged.all()) and torch.isfinite(info.residual).all()
+    assert rel_err(got.double() * scale, want) <= 1e-4
+    psf = torch.rand(3, 4, generator=gen)
+    y = torch.rand(2, 11, 9, generator=gen)
+    want = dx.deconvolve(y.double(), psf.double(), eps=1e-2, boundary="reflect", solver="cg",
+                         tol=1e-10)
+    got, info = dx.deconvolve(y * scale, psf * scale, eps=1e-2 * scale ** 2, boundary="reflect",
+                              solver="cg", return_info=True)
+    assert bool(info.converged.all())
+    # CG's tol=1e-6 on the normal residual bounds the error by cond(N) tol ~ 4e-3 here.
+    assert rel_err(got.double(), want) <= 2e-3

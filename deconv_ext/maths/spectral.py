@@ -30,6 +30,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def scale_exponent(t: torch.Tensor) -> int:
+    """``k`` with ``2^k max|t|`` in [0.5, 1): the exact power of two that brings ``t`` near 1.
+
+    0 for an empty, all-zero or non-finite ``t``. Reads one value (a host
+    sync). Scaling by ``2^k`` is exact in floating point, so a linear solve
+    done on scaled operands and scaled back gives the same result, without
+    the overflow or underflow of squares at extreme scales.
+    """
+    if t.numel() == 0:
+        return 0
+    amax = float(t.detach().abs().amax())
+    if not 0.0 < amax < math.inf:
+        return 0
+    return -math.frexp(amax)[1]
+
+
 def default_rcond(size: Sequence[int], dtype: torch.dtype) -> float:
     """``10 * max(H, W) * finfo(dtype).eps``.
 

@@ -6,7 +6,6 @@ per-frequency solve and one ``irfft2``.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -163,13 +162,10 @@ class DeconvPlan(Plan):
         ``torch.compile`` or ``torch.jit.trace``: a plan built there solves
         the PSF as it is.
         """
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.psf.numel() == 0:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return 0
-        amax = float(self.psf.detach().abs().amax())
-        if not 0.0 < amax < float("inf"):
-            return 0  # an all-zero PSF (the answer is 0) or a non-finite one (NaN out)
-        _, e = math.frexp(amax)  # amax = m 2^e, m in [0.5, 1)
-        return -e if abs(e) > self._SAFE_SCALE else 0
+        k = spectral.scale_exponent(self.psf)
+        return k if abs(k) > self._SAFE_SCALE else 0
 
     def _values_guard(self) -> Optional[torch.Tensor]:
         """Under torch.compile: 0 if the eps tensor and reg kernel hold valid values, else NaN.

@@ -45,7 +45,8 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
     psf_c = psf.to(dtype)
     eps_eff = 0.0 if method == "pinv" else eps
     need_op = solver == "cg" or return_info
-    op = ConvOperator(psf_c, size, boundary, dtype) if need_op else None
+    # The direct solves' info is measured with the PSF's own operator (CG builds a scaled one).
+    op = ConvOperator(psf_c, size, boundary, dtype) if return_info and solver != "cg" else None
     reg_k = _reg_kernel(reg, dtype, image.device)
     reg_op = ConvOperator(reg_k, size, boundary, dtype) if need_op and reg_k is not None else None
     info = None
@@ -60,22 +61,32 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
         x = dct_deconvolve(image.to(dtype), psf_c, eps=eps_eff, method=method, reg=reg,
                            rcond=rcond)
     else:
+        # CG squares the operator and the residuals: a PSF or an image far
+        # from 1 would overflow (or underflow) float32 norms. Solve for
+        # u = 2^(m - k) x with the PSF times 2^k, the image times 2^m and eps
+        # times 4^k instead (exact powers of two: the same maths and the same
+        # iterates, scaled), then scale back.
+        y = image.to(dtype)
+        k, m = spectral.scale_exponent(psf_c), spectral.scale_exponent(y)
+        psf_s, eps_s = psf_c * 2.0 ** k, eps_eff * 4.0 ** k
+        op = ConvOperator(psf_s, size, boundary, dtype)
         pname = auto_precond(boundary, psf_c) if precond == "auto" else (None if precond == "none" else precond)
         # eps = 0 asks for the minimum-norm least-squares solution: only plain
         # CGLS from 0 converges to it (see cgls), so no preconditioner then.
         if eps_eff == 0:
             pname = None
-        pc = make_precond(pname, psf_c, size, eps_eff, reg, dtype)
+        pc = make_precond(pname, psf_s, size, eps_s, reg, dtype)
         x0_fn = None
         if eps_eff > 0 and boundary != "circular":
             # The padded fast solve is close to the answer away from the edges:
             # starting there saves iterations (the solution is unique for eps > 0).
-            warm = DeconvPlan(psf_c, size, eps=eps_eff, method="tikhonov", reg=reg, rcond=rcond,
+            warm = DeconvPlan(psf_s, size, eps=eps_s, method="tikhonov", reg=reg, rcond=rcond,
                               dtype=dtype, boundary=boundary)
             x0_fn = warm
-        problem = Problem(op, eps_eff, reg_op, pc, tol,
+        problem = Problem(op, eps_s, reg_op, pc, tol,
                            DEFAULT_MAX_ITER if max_iter is None else max_iter, x0_fn)
-        x, info = problem.run(image.to(dtype))
+        u, info = problem.run(y * 2.0 ** m)
+        x = u * 2.0 ** (k - m)
     x = x.to(image.dtype)
     if not return_info:
         return x

@@ -56,22 +56,30 @@ def conv2d_exact(output: torch.Tensor, layer: V.Layer, padding: str, padding_mod
         info = residual_info(ConvOperator(psf, (H, W), boundary, dtype), y, x, eps, None,
                               "fft") if return_info else None
     else:
+        if precond not in ("auto", "none") and not depthwise:
+            raise ValueError(f"precond={precond!r} needs a depthwise layer (the transform "
+                             f"preconditioners are per channel); use 'auto' or 'none'")
+        # As in solvers/boundary.py: CG on the weight times 2^k and the output
+        # times 2^m (exact), for u = 2^(m - k) x; float32 norms of extreme
+        # scales would overflow.
+        k, m = spectral.scale_exponent(weight), spectral.scale_exponent(y)
+        eps_s = eps * 4.0 ** k
         if depthwise:
+            psf = psf * 2.0 ** k
             op = ConvOperator(psf, (H, W), boundary, dtype)
             pname = (auto_precond(boundary, psf) if precond == "auto"
                      else (None if precond == "none" else precond))
         else:
-            op = Conv2dLayerOperator(weight, (H, W), groups, dil, padding, padding_mode, dtype)
-            if precond not in ("auto", "none"):
-                raise ValueError(f"precond={precond!r} needs a depthwise layer (the transform "
-                                 f"preconditioners are per channel); use 'auto' or 'none'")
+            op = Conv2dLayerOperator(weight * 2.0 ** k, (H, W), groups, dil, padding,
+                                     padding_mode, dtype)
             pname = None
         if eps == 0:
             pname = None  # minimum norm: plain CGLS from 0 (see cgls)
-        pc = make_precond(pname, psf, op.in_size, eps, None, dtype)
-        problem = Problem(op, eps, None, pc, tol,
+        pc = make_precond(pname, psf, op.in_size, eps_s, None, dtype)
+        problem = Problem(op, eps_s, None, pc, tol,
                            DEFAULT_MAX_ITER if max_iter is None else max_iter)
-        x, info = problem.run(y)
+        u, info = problem.run(y * 2.0 ** m)
+        x = u * 2.0 ** (k - m)
     if not batched:
         x = x.squeeze(0)
         if info is not None:
