@@ -118,7 +118,11 @@ def cached_plan(psf: torch.Tensor, extra: tuple, build: Callable[[], object]):
 def _nbytes(plan) -> int:
     """Bytes of the tensors and arrays a plan holds (its spectra, filters)."""
     total = 0
+    seen = set()
     for v in vars(plan).values():
+        if id(v) in seen:
+            continue  # one tensor held under two names (a plan's solve spectrum) counts once
+        seen.add(id(v))
         if isinstance(v, torch.Tensor):
             total += v.numel() * v.element_size()
         elif hasattr(v, "nbytes") and not isinstance(v, (bytes, str)):
