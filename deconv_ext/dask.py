@@ -262,6 +262,7 @@ def deconvolve(darray, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikh
     return darray.map_overlap(
         _solve_block, depth=depth, boundary=bnd, trim=True, dtype=result,
         meta=np.empty((0,) * nd, dtype=result),
-        psf=psf.detach().resolve_neg().cpu().numpy(), eps=eps, method=method, reg=reg_np, rcond=rcond,
+        psf=psf.detach().resolve_neg().cpu().numpy(), eps=eps, method=method, reg=reg_np,
+        rcond=rcond,
         mode=mode, margin=tuple(margin), own=tuple(own), nblocks=darray.numblocks,
         compute=compute, result=result, torch_threads=torch_threads)

@@ -307,7 +307,8 @@ def check(case: Case, fn, like, args):
     except Exception as exc:  # noqa: BLE001 - anything else is a failure to report
         return f"unexpected {type(exc).__name__}: {str(exc)[:300]}", "error"
     if like is None:
-        return (None if isinstance(out, torch.Tensor) else f"returned {type(out).__name__}"), "result"
+        problem = None if isinstance(out, torch.Tensor) else f"returned {type(out).__name__}"
+        return problem, "result"
     if isinstance(out, tuple):
         out = out[0]
     if not isinstance(out, torch.Tensor):
