@@ -27,6 +27,18 @@ class SolveInfo:
         ``"cg"``, ``"dct"`` or ``"fft"``.
     precond : str or None
         Preconditioner used by CG (``"dct"``, ``"fft"`` or None).
+    eps : Tensor (...,) float64 or None
+        With ``eps=<rule>``: the eps chosen per system (per image plane, or
+        per sample with ``eps_per="sample"``); None for a given eps.
+    objective : Tensor (...,) float64 or None
+        The rule's objective at the chosen eps (GCV value, ``residual /
+        (N noise_std^2)`` for the discrepancy principle, minus the L-curve
+        curvature, ...; see :func:`deconv_ext.maths.parameter_choice.choose_eps`).
+    rule : str or None
+        The rule that ran (``"auto"`` resolved to its rule).
+    noise_std : Tensor (...,) float64 or None
+        The noise level the rule used (given or estimated); None for rules
+        that need none.
     """
 
     iterations: torch.Tensor
@@ -34,6 +46,10 @@ class SolveInfo:
     converged: torch.Tensor
     solver: str
     precond: Optional[str] = None
+    eps: Optional[torch.Tensor] = None
+    objective: Optional[torch.Tensor] = None
+    rule: Optional[str] = None
+    noise_std: Optional[torch.Tensor] = None
 
     @property
     def max_iterations(self) -> int:
