@@ -19,12 +19,13 @@ def _check_boundary(boundary: str) -> str:
     return V.choice("boundary", boundary, V.BOUNDARIES)
 
 
-def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.Tensor] = 1e-2,
-               method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
-               boundary: str = "circular", rcond: Optional[float] = None, *,
-               solver: str = "fft", tol: float = 1e-6, max_iter: Optional[int] = None,
-               taper: Optional[int] = None, precond: str = "auto", return_info: bool = False,
-               check_finite: bool = False):
+def deconvolve(image: torch.Tensor, psf: torch.Tensor,
+               eps: Union[float, str, torch.Tensor] = 1e-2, method: str = "tikhonov",
+               reg: Union[None, str, torch.Tensor] = None, boundary: str = "circular",
+               rcond: Optional[float] = None, *, solver: str = "fft", tol: float = 1e-6,
+               max_iter: Optional[int] = None, taper: Optional[int] = None,
+               precond: str = "auto", noise_std=None, eps_per: str = "plane",
+               return_info: bool = False, check_finite: bool = False):
     """Undo a 2D blur: regularised inverse of ``blurred = image (*) psf``.
 
     Model: a true circular convolution with the PSF's origin at pixel
@@ -40,13 +41,16 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         Shared, per-channel ``(C, kh, kw)`` or per-sample ``(N, C, kh, kw)``
         kernel; its leading dims broadcast **to** the image's (never enlarging
         the output). ``kh <= H``, ``kw <= W``.
-    eps : float or Tensor, default 1e-2
-        Regularisation weight ``>= 0``, or a real non-negative tensor
+    eps : float, str or Tensor, default 1e-2
+        Regularisation weight ``>= 0``; a real non-negative tensor
         broadcastable to ``(..., H, W)`` in ``fft2`` frequency layout (a
-        per-frequency noise-to-signal ratio: the Wiener filter). A NaN, Inf
-        or negative value is a ``ValueError``; under ``torch.compile``, where
-        checking the values would cost a host sync and a graph break, it
-        makes the whole result NaN instead.
+        per-frequency noise-to-signal ratio: the Wiener filter); or the name
+        of a rule that chooses it from each image (Notes): ``"auto"``,
+        ``"gcv"``, ``"discrepancy"``, ``"lcurve"``, ``"upre"``, ``"risk"``
+        (``method="tikhonov"`` and ``solver="fft"`` only).
+        A NaN, Inf or negative value in an eps tensor is a ``ValueError``;
+        under ``torch.compile``, where checking the values would cost a host
+        sync and a graph break, it makes the whole result NaN instead.
     method : {"tikhonov", "pinv"}
     reg : None, "laplacian" or Tensor
         Regulariser: identity, the 3x3 Laplacian, or any 2D kernel, finite
@@ -100,11 +104,24 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         FFT for zeros otherwise, none for reflect/replicate, where both
         transforms add iterations); none when ``eps = 0`` (preconditioning
         would lose the minimum-norm property).
+    noise_std : float > 0 or Tensor, optional, keyword-only
+        With a rule that uses a noise level (``"discrepancy"``, ``"upre"``,
+        ``"risk"``, and ``"auto"`` where it does): the standard deviation of
+        the additive white noise in image units, a float or a tensor with one
+        value per system (broadcastable to ``image.shape[:-2]``, or
+        ``[:-3]`` with ``eps_per="sample"``). None estimates it from each
+        image's spectrum (the median power where the blur damps most).
+    eps_per : {"plane", "sample"}, default "plane", keyword-only
+        With a rule: one eps per ``(H, W)`` plane, each chosen on its own,
+        or ``"sample"``: one per sample, shared by its channels (dim -3),
+        chosen from the rule's sums over the whole sample.
     return_info : bool, default False, keyword-only
         Also return a :class:`deconv_ext.SolveInfo` (iterations,
         relative normal-equations residual and convergence flag per image
         plane; 0 iterations for the direct solvers), like
-        ``scipy.sparse.linalg.cg``'s ``(x, info)``.
+        ``scipy.sparse.linalg.cg``'s ``(x, info)``. With a rule it also
+        holds the chosen ``eps``, the rule's ``objective`` there, the
+        ``rule`` that ran and the ``noise_std`` it used, one entry per system.
     check_finite : bool, default False, keyword-only
         Check ``image``, ``psf`` (and a tensor ``reg``) for NaN/Inf first and
         raise a ``ValueError`` naming the argument (one extra pass over the
@@ -136,11 +153,45 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     first; eagerly, not under ``torch.compile``). A positive ``eps`` below
     the dtype's smallest normal number (a subnormal) acts as that number.
 
+    **Choosing eps.** A rule name chooses eps per image from the spectrum the
+    solve computes anyway (no extra FFT on the circular boundary), in closed
+    form: with ``f = |K|^2 / (|K|^2 + eps |R|^2)``, ``g = 1 - f`` per
+    frequency and ``N`` pixels,
+    ``||y - A x||^2 = sum g^2 |Y|^2 / N`` and ``trace(A A_eps^+) = sum f``.
+
+    * ``"gcv"`` (generalised cross-validation [3]_): minimise
+      ``N ||y - A x||^2 / (N - trace)^2``; needs no noise level; assumes white
+      noise and the right forward model.
+    * ``"discrepancy"`` (Morozov [4]_): the eps where
+      ``||y - A x||^2 = N noise_std^2``; assumes white noise of known (or
+      estimated) level; slightly over-smooths.
+    * ``"lcurve"`` (Hansen [5]_, [6]_): the corner (maximum curvature) of
+      ``(log ||y - A x||, log ||R x||)``; needs no noise level; unreliable
+      for smooth solutions and large images.
+    * ``"upre"`` (Mallows' C_L) and ``"risk"`` (an unbiased estimate of the
+      solution error ``||x_eps - x||^2``) need the noise level.
+    * ``"auto"``: :data:`deconv_ext.maths.parameter_choice.AUTO_RULE` -- see
+      that module for the rule and the measurements behind it.
+
+    Every rule falls back to eps = 1e-2 with a ``RuntimeWarning`` where its
+    objective is flat (a constant or zero image: every eps gives the same
+    result). The formulas, the search and the references are in
+    :mod:`deconv_ext.maths.parameter_choice`.
+
     References
     ----------
     .. [1] A. N. Tikhonov, V. Y. Arsenin, "Solutions of Ill-Posed Problems", 1977.
     .. [2] H. Sedghi, V. Gupta, P. M. Long, "The Singular Values of
        Convolutional Layers", ICLR 2019.
+    .. [3] G. H. Golub, M. Heath, G. Wahba, "Generalized cross-validation as a
+       method for choosing a good ridge parameter", Technometrics 21(2), 1979.
+    .. [4] V. A. Morozov, "On the solution of functional equations by the
+       method of regularization", Soviet Math. Dokl. 7, 1966.
+    .. [5] P. C. Hansen, "Analysis of discrete ill-posed problems by means of
+       the L-curve", SIAM Review 34(4), 1992.
+    .. [6] P. C. Hansen, D. P. O'Leary, "The use of the L-curve in the
+       regularization of discrete ill-posed problems", SIAM J. Sci. Comput.
+       14(6), 1993.
     """
     if check_finite:
         V.finite("image", image)
@@ -152,15 +203,19 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
     V.choice("method", method, V.METHODS)
     _check_boundary(boundary)
     V.reg(reg, image.shape)
-    V.eps(eps, tuple(image.shape[-2:]))
+    V.eps_or_rule(eps, tuple(image.shape[-2:]))
     V.broadcasts_to("eps", eps if isinstance(eps, torch.Tensor) else None, image.shape, "image")
+    noise_std, eps_per = V.eps_rule_args(eps, method, noise_std, eps_per)
     V.rcond(rcond)
     V.choice("solver", solver, V.SOLVERS)
     V.tol(tol)
     V.max_iter(max_iter)
     V.taper(taper)
     V.choice("precond", precond, PRECONDS)
-    if boundary != "circular" or solver != "fft" or return_info or taper:
+    rule = eps if isinstance(eps, str) else None
+    if rule is not None:
+        V.rule_solver(rule, solver)
+    if boundary != "circular" or solver != "fft" or return_info or taper or rule:
         if isinstance(eps, torch.Tensor):
             raise ValueError("a tensor eps (per-frequency Wiener weights) needs boundary='circular' "
                              "and solver='fft'; pass a float eps")
@@ -170,11 +225,11 @@ def deconvolve(image: torch.Tensor, psf: torch.Tensor, eps: Union[float, torch.T
         if taper and boundary == "circular":
             raise ValueError("taper= applies to the padded fast path of a non-circular boundary; "
                              "boundary='circular' has no border to taper")
-        if image.numel() == 0:
+        if image.numel() == 0 and rule is None:
             x = torch.empty_like(image)
             return (x, None) if return_info else x
         return deconvolve_boundary(image, psf, eps, method, reg, boundary, rcond, solver, tol,
-                                   max_iter, taper, precond, return_info)
+                                   max_iter, taper, precond, return_info, noise_std, eps_per)
     if image.numel() == 0:
         return torch.empty_like(image)
     dtype = spectral.compute_dtype(image.dtype)

@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from .maths.parameter_choice import RULES
 from .maths.spectral import compute_dtype
 
 METHODS = ("tikhonov", "pinv")
@@ -167,6 +168,72 @@ def _value_summary(v: torch.Tensor) -> str:
     n_inf = int(torch.isinf(v).sum())
     n_neg = int((v < 0).sum())
     return f"{n_nan} NaN, {n_inf} +-Inf, {n_neg} negative of {v.numel()} values"
+
+
+#: The parameter-choice rules ``eps=`` accepts by name.
+EPS_RULES = RULES
+EPS_PERS = ("plane", "sample")
+
+
+def eps_or_rule(value, size: Tuple[int, int], name: str = "eps"):
+    """:func:`eps`, or the name of a parameter-choice rule (one of :data:`EPS_RULES`)."""
+    if isinstance(value, str):
+        if value not in EPS_RULES:
+            raise ValueError(f"{name}={value!r} is not valid; expected a float >= 0, a tensor, "
+                             f"or the name of a rule that chooses eps: "
+                             f"{', '.join(map(repr, EPS_RULES))}")
+        return value
+    return eps(value, size, name)
+
+
+def eps_rule_args(eps_value, method: str, noise_std, eps_per: str):
+    """The arguments that go with ``eps=<rule>``: ``(noise_std, eps_per)`` checked.
+
+    A rule needs ``method="tikhonov"`` (the pseudo-inverse has no eps);
+    ``noise_std`` is None, or a finite float > 0 (or a tensor of them), and
+    only goes with a rule; ``eps_per`` is "plane" or "sample".
+    """
+    choice("eps_per", eps_per, EPS_PERS)
+    rule = eps_value if isinstance(eps_value, str) else None
+    if rule is not None and method == "pinv":
+        raise ValueError(f"eps={rule!r} chooses a Tikhonov weight, but method='pinv' has none; "
+                         f"use method='tikhonov'")
+    if noise_std is None:
+        return None, eps_per
+    if rule is None:
+        raise ValueError(f"noise_std={noise_std!r} is used only when eps names a rule "
+                         f"({', '.join(map(repr, EPS_RULES))}); got eps={eps_value!r}")
+    return positive_std(noise_std), eps_per
+
+
+def rule_solver(rule: str, solver: str) -> None:
+    """A rule chooses eps on an FFT solve's spectra: ``solver="fft"`` only."""
+    if solver != "fft":
+        raise ValueError(f"eps={rule!r} chooses eps in closed form on the spectrum of the FFT "
+                         f"solve, which solver={solver!r} does not have; use solver='fft' (the "
+                         f"chosen eps is in deconvolve(..., return_info=True)[1].eps) and pass "
+                         f"that float to solver={solver!r}")
+
+
+def positive_std(value, name: str = "noise_std"):
+    """A finite float > 0, or a real floating tensor of them."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} tensor has dtype {value.dtype}; expected a real floating "
+                            f"dtype")
+        v = value.detach()
+        if v.numel() == 0 or not bool(((v > 0) & (v < _INF)).all()):
+            raise ValueError(f"{name} tensor must be finite and > 0 everywhere, got "
+                             f"{v.tolist() if v.numel() <= 8 else tuple(v.shape)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} is not valid; expected a finite float > 0 (the noise's "
+                        f"standard deviation in image units) or None")
+    v = float(value)
+    if not (0 < v < _INF):
+        raise ValueError(f"{name}={value!r} is not valid; expected a finite float > 0 (the noise's "
+                         f"standard deviation in image units) or None")
+    return v
 
 
 def rcond(value) -> Optional[float]:

@@ -20,7 +20,8 @@ import torch
 
 from .library import cpp
 
-__all__ = ["deconv2d", "filter2d", "dct_solve", "pyfftw_available", "CHUNK_ELEMENTS"]
+__all__ = ["deconv2d", "filter2d", "dct_solve", "rfft2", "irfft2", "pyfftw_available",
+           "CHUNK_ELEMENTS"]
 
 _lock = threading.Lock()
 
@@ -119,6 +120,19 @@ def _numpy_pipeline(name: str, x: torch.Tensor, middle,
         return torch.from_numpy(np.ascontiguousarray(result))
     np.copyto(out.numpy(), result)
     return out
+
+
+def rfft2(x: torch.Tensor) -> torch.Tensor:
+    """``scipy.fft.rfft2`` of a CPU tensor (..., H, W) -> complex (..., H, W // 2 + 1)."""
+    x = x.detach().resolve_neg().contiguous()
+    return torch.from_numpy(np.ascontiguousarray(sf.rfft2(x.numpy(), workers=_workers())))
+
+
+def irfft2(Y: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``scipy.fft.irfft2`` of a half spectrum back to (..., H, W)."""
+    Y = Y.resolve_conj().contiguous()
+    return torch.from_numpy(np.ascontiguousarray(sf.irfft2(Y.numpy(), s=tuple(size),
+                                                           workers=_workers())))
 
 
 # As csrc/pipeline.cpp: a batch is transformed chunk by chunk along dim 0, so

@@ -35,7 +35,7 @@ from .cuda import interpreter_kernels
 from .library import cpp, ops, require
 from .threads import call_single_threaded
 
-__all__ = ["TABLE", "route", "deconv2d", "filter2d", "padded_deconv2d", "dct_solve", "pad",
+__all__ = ["TABLE", "route", "deconv2d", "deconv2d_chosen", "filter2d", "padded_deconv2d", "dct_solve", "pad",
            "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix"]
 
 _FFT_ROUTES = ("pipeline", "scipy", "pyfftw")
@@ -191,6 +191,36 @@ def _run(name: str, how: str, *args):
 def deconv2d(image, k, reg, eps: float, thresh):
     """``irfft2(solve(rfft2(image)))``: (..., H, W) real -> (..., H, W) (op ``deconv2d``)."""
     return _run("deconv2d", route(image, k, reg, thresh), image, k, reg, eps, thresh)
+
+
+def deconv2d_chosen(image, k, thresh, choose: Callable):
+    """:func:`deconv2d` whose regulariser is chosen from the image's own spectrum.
+
+    ``choose(Y) -> (reg, eps)`` receives the half spectrum ``Y = rfft2(image)``
+    (detached, complex, (..., H, W // 2 + 1)) and returns the solve's
+    ``reg`` operand (a real tensor broadcastable to ``Y``, e.g. a per-plane
+    eps times ``|R|^2``) and its float ``eps``; then ``irfft2(solve(Y))``.
+    Two FFTs in all, as :func:`deconv2d`: the choice costs no transform.
+
+    Eager CPU calls without autograd solve in place (the fused C++ solve
+    through pybind11, between ``torch.fft`` transforms, or ``scipy.fft`` on
+    the ``"scipy"`` route); otherwise the op ``spectral_solve`` (autograd
+    w.r.t. the image and the kernel, the chosen operand held constant; C++ on
+    CPU, Triton on CUDA) between ``torch.fft`` transforms.
+    """
+    H, W = image.shape[-2:]
+    how = route(image, k, thresh)
+    if how == "scipy":
+        Y = cpu_fft.rfft2(image)
+    else:
+        Y = torch.fft.rfft2(image)
+    reg, eps = choose(Y.detach())
+    if how in _FFT_ROUTES:
+        cpp.spectral_solve_(Y, k, reg, eps, thresh)
+        return cpu_fft.irfft2(Y, (H, W)) if how == "scipy" else torch.fft.irfft2(Y, s=(H, W))
+    solve = (interpreter_kernels().spectral_solve if how == "interpreter"
+             else ops.spectral_solve)
+    return torch.fft.irfft2(solve(Y, k, reg, eps, thresh), s=(H, W))
 
 
 def filter2d(x, k, conj: bool):

@@ -16,7 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["estimate_noise", "estimate_noise_spectrum", "median_nonzero"]
+__all__ = ["estimate_noise", "estimate_noise_spectrum", "damped_indices", "noise_from_power",
+           "median_nonzero"]
 
 # Daubechies-2 decomposition high-pass (PyWavelets' ``Wavelet("db2").dec_hi``).
 _S3 = math.sqrt(3.0)
@@ -108,6 +109,42 @@ def estimate_noise(image: torch.Tensor) -> torch.Tensor:
     return median_nonzero(d.abs().flatten(-2)) / _MAD_TO_STD
 
 
+def damped_indices(k2: torch.Tensor, fraction: float = 0.05, dims: int = 2) -> torch.Tensor:
+    """Indices of the ``fraction`` of frequencies the blur damps most, per plane.
+
+    Parameters
+    ----------
+    k2 : Tensor (..., *F), ``|K|^2`` over ``dims`` trailing frequency dims
+    fraction : float in (0, 1]
+    dims : int, trailing dims flattened into one frequency axis
+
+    Returns
+    -------
+    Tensor (..., m) int64 into the flattened frequency axis, ``m = round(fraction F)``.
+    """
+    flat = k2.flatten(-dims) if dims > 1 else k2
+    m = max(1, int(round(fraction * flat.shape[-1])))
+    return torch.topk(flat.to(torch.float64), m, dim=-1, largest=False).indices
+
+
+def noise_from_power(y2: torch.Tensor, idx: torch.Tensor, size, dims: int = 2,
+                     group: int = 0) -> torch.Tensor:
+    """Noise sigma from the power ``y2`` at the damped frequencies ``idx``.
+
+    ``y2`` (..., *F) flattened over its ``dims`` trailing dims; ``idx`` from
+    :func:`damped_indices` (broadcast to ``y2``'s leading dims); ``group``
+    more leading dims share one estimate (their powers pooled). Returns
+    ``sqrt(median / (ln 2 H W))``, float64, shape ``y2.shape[:-dims - group]``.
+    """
+    H, W = size
+    flat = y2.flatten(-dims) if dims > 1 else y2
+    sel = torch.gather(flat.to(torch.float64), -1, idx.expand(*flat.shape[:-1], idx.shape[-1]))
+    if group:
+        sel = sel.flatten(-1 - group)
+    med = torch.median(sel, dim=-1).values
+    return torch.sqrt(med / (math.log(2.0) * H * W))
+
+
 def estimate_noise_spectrum(k2: torch.Tensor, y2: torch.Tensor, size, fraction: float = 0.05,
                             dims: int = 2) -> torch.Tensor:
     """Noise sigma from a half power spectrum, per plane (or per group of ``dims`` dims).
@@ -134,11 +171,5 @@ def estimate_noise_spectrum(k2: torch.Tensor, y2: torch.Tensor, size, fraction: 
     frequencies. Signal left there biases it upwards; prefer
     :func:`estimate_noise` when the image is at hand.
     """
-    H, W = size
-    k2 = k2.to(torch.float64).expand_as(y2).flatten(-dims)
-    y2 = y2.to(torch.float64).flatten(-dims)
-    m = max(1, int(round(fraction * k2.shape[-1])))
-    idx = torch.topk(k2, m, dim=-1, largest=False).indices
-    sel = torch.gather(y2, -1, idx)
-    med = torch.median(sel, dim=-1).values
-    return torch.sqrt(med / (math.log(2.0) * H * W))
+    k2 = k2.to(torch.float64).expand_as(y2)
+    return noise_from_power(y2, damped_indices(k2, fraction, dims), size, dims)

@@ -96,14 +96,18 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .noise import estimate_noise, estimate_noise_spectrum
+from .padding import pad as pad_extend
+from .spectral import laplacian_power
+from .noise import damped_indices, estimate_noise, estimate_noise_spectrum, noise_from_power
 
 __all__ = [
     "RULES",
-    "AUTO_RULE",
-    "AUTO_RULE_PADDED",
     "FALLBACK_EPS",
     "SpectralTerms",
+    "EpsChoice",
+    "RuleBins",
+    "choose_from_bins",
+    "resolve",
     "half_spectrum_weights",
     "spectral_terms",
     "rule_objective",
@@ -111,19 +115,32 @@ __all__ = [
     "svd_power",
     "choose_eps_svd",
     "tukey_window",
+    "default_taper",
+    "window_power",
+    "seam_power",
+    "choose_padded_from_bins",
+    "padded_bins",
+    "edge_factor",
     "choose_eps_padded",
+    "EDGE_WEIGHT",
 ]
 
 RULES = ("auto", "gcv", "upre", "risk", "discrepancy", "lcurve")
 NEEDS_NOISE = ("upre", "risk", "discrepancy")
-# Measured on benchmarks/bench_eps.py (see the module docstring and RESULTS.md).
-AUTO_RULE = "gcv"
-AUTO_RULE_PADDED = "gcv"
+# Weight of the seam error in the padded path's edge-aware risk (measured on
+# benchmarks/bench_eps.py, see the module docstring), and how far above the
+# rule's eps on the observed region the edge term may move it.
+EDGE_WEIGHT = 0.5
+EDGE_DECADES = 8.0
 # What a flat objective falls back to: deconvolve's default eps.
 FALLBACK_EPS = 1e-2
 POINTS_PER_DECADE = 3
-BINS_PER_DECADE = 48
+# Bins per decade of q for the refinement, and the grid's bins are COARSEN of them.
+FINE_PER_DECADE = 160
+COARSEN = 8
 RANGE_DECADES = 14.0
+# q more than this many decades below the largest share the lowest bin.
+SPAN_DECADES = RANGE_DECADES + 4.0
 _PERS = ("plane", "sample")
 # Grid memory budget (float64 elements per temporary) for the vectorised search.
 _CHUNK_ELEMS = 1 << 22
@@ -172,36 +189,196 @@ def _compress(k2, r2, y2, w, n_pix: float, n_data: float, dof_extra: float = 0.0
     return _Spectra(q, wa, wy, wr, wry, float(n_pix), float(n_data), dof, res, energy)
 
 
-def _binned(sp: _Spectra, per_decade: int) -> _Spectra:
-    """The same sums over ``per_decade`` bins per decade of ``q``.
+class RuleBins:
+    """The operator's half of every rule sum, binned once; the data's half per call.
 
-    Every objective is a sum over frequencies of a smooth function of
-    ``log q`` (a filter factor varies over about a decade), so summing the
-    weights of the frequencies in a narrow bin and evaluating at the bin
-    centre changes it by far less than the search needs: the grid runs on
-    :data:`BINS_PER_DECADE` bins per decade, the refinement on ten times as
-    many, and the returned objective is the exact sum.
+    Every objective is a sum over frequencies of ``c(w)`` times a smooth
+    function of ``log q`` (``q = |K|^2 / |R|^2``), possibly times ``|Y|^2`` or
+    ``1 / |R|^2``. A filter factor moves over about a decade of ``q``, so
+    frequencies whose ``q`` falls in a narrow bin can share it: the sums run
+    over :data:`FINE_PER_DECADE` bins per decade (the grid over a tenth of
+    that) with a relative error far below what the search resolves. The bin of
+    each frequency depends only on the operator: a plan builds it once, and a
+    call costs one weighted histogram of ``|Y|^2`` (no FFT) plus a search over
+    a few thousand bins, whatever the image size.
+
+    Two bins stand apart: ``|K|^2 = 0`` (``g = 1`` for every eps: residual
+    and degrees of freedom that no eps changes) and ``|R|^2 = 0 < |K|^2`` (the
+    Laplacian's DC: ``g = 0``, kept as the pseudo-inverse keeps it).
+
+    Parameters
+    ----------
+    k2 : Tensor (..., *F), real >= 0
+        ``|K|^2`` over the ``fdims`` trailing "frequency" dims ``F`` (the
+        ``rfft2`` half spectrum (H, W // 2 + 1), or (H, W // 2 + 1, k) for
+        per-frequency singular values); leading dims broadcast to the data's.
+    r2 : Tensor broadcastable to k2, or None (identity)
+    weights : Tensor broadcastable to ``F``
+        How many full-spectrum frequencies each entry stands for (the
+        half-spectrum weights ``c(w)``).
+    n_pix : int
+        Pixels per plane: Parseval's ``||y||^2 = sum c |Y|^2 / n_pix``.
+    fdims : int, the number of trailing frequency dims (2 or 3)
+    extra_dof : float
+        Observations per plane that no entry stands for (an SVD's
+        ``(n_out - k) H W``): residual dimensions no eps changes.
     """
-    ok = sp.wa > 0
-    lq = torch.log(sp.q)
-    lo = torch.where(ok, lq, torch.full_like(lq, float("inf"))).amin(-1, keepdim=True)
-    hi = torch.where(ok, lq, torch.full_like(lq, -float("inf"))).amax(-1, keepdim=True)
-    any_ok = ok.any(-1, keepdim=True)
-    lo = torch.where(any_ok, lo, torch.zeros_like(lo))
-    hi = torch.where(any_ok, hi, torch.zeros_like(hi))
-    decades = float(((hi - lo) / math.log(10.0)).max())
-    nb = max(1, min(sp.q.shape[-1], int(math.ceil(decades * per_decade)) + 1))
-    if nb >= sp.q.shape[-1]:
+
+    def __init__(self, k2: torch.Tensor, r2: Optional[torch.Tensor], weights: torch.Tensor, *,
+                 n_pix: int, fdims: int = 2, extra_dof: float = 0.0, risk: bool = True,
+                 prior_r2: Optional[torch.Tensor] = None, size: Optional[Tuple[int, int]] = None,
+                 per_decade: int = None):
+        per_decade = FINE_PER_DECADE if per_decade is None else per_decade
+        shape = k2.shape if r2 is None else torch.broadcast_shapes(k2.shape, r2.shape)
+        dev = k2.device
+        k2 = k2.to(torch.float64).expand(shape)
+        r2 = (torch.ones((), dtype=torch.float64, device=dev) if r2 is None
+              else r2.to(torch.float64)).expand(shape)
+        self.fdims, self.n_pix, self.extra_dof = fdims, float(n_pix), float(extra_dof)
+        self.shape = shape
+        self.weights = weights.to(torch.float64).to(dev)
+        active = (k2 > 0) & (r2 > 0)
+        dead = k2 == 0
+        one = torch.ones_like(k2)
+        lq = torch.log(torch.where(active, k2, one) / torch.where(active, r2, one))
+        any_active = bool(active.any())
+        hi = float(lq[active].max()) if any_active else 0.0
+        lo = float(lq[active].min()) if any_active else 0.0
+        # Ratios more than SPAN_DECADES below the largest behave alike (g = 1
+        # over the whole search range): clamp them into the lowest bin.
+        lo = max(lo, hi - SPAN_DECADES * math.log(10.0))
+        width = math.log(10.0) / per_decade
+        nb = max(COARSEN, int(math.ceil((hi - lo) / width)) + 1)
+        nb = -(-nb // COARSEN) * COARSEN
+        lo = 0.5 * (hi + lo) - 0.5 * nb * width
+        self.nb = nb
+        self.log_q = lo + (torch.arange(nb, dtype=torch.float64, device=dev) + 0.5) * width
+        idx = ((lq - lo) / width).floor().clamp(0, nb - 1).to(torch.int64)
+        idx = torch.where(dead, torch.full_like(idx, nb), idx)
+        self.idx = torch.where(active | dead, idx, torch.full_like(idx, nb + 1))
+        #: Whether the regulariser vanishes where the blur does not (the
+        #: Laplacian at DC): a smoothness prior, for "auto".
+        self.smoothness_prior = bool((~(active | dead)).any())
+        self.k2_max = float(k2.max()) if k2.numel() else 0.0
+        wf = self.weights.expand(shape)
+        self.wa = self._hist(self.idx, wf)                      # (..., nb + 2), per kernel row
+        # The rule "risk" also sums c / |R|^2 (None: built on first use).
+        self._wr = self._wr_bins = None
+        if risk:
+            self._risk_weights(torch.where(active, r2, one))
+        # The damped frequencies of the spectral noise estimate.
+        self._noise_idx = damped_indices(k2, dims=fdims)
+        self.size = size
+        # The edge-aware risk's prior (padded path): sum c / |L|^2 per bin, and q at DC.
+        self.prior_w = self.dc_q = None
+        if prior_r2 is not None:
+            pr = prior_r2.to(torch.float64).expand(shape)
+            self.prior_w = self._hist(self.idx, torch.where(
+                active & (pr > 0), wf / torch.where(pr > 0, pr, one), torch.zeros_like(pr)))
+            dc = (Ellipsis,) + (0,) * fdims
+            self.dc_q = torch.where(active[dc], torch.exp(lq[dc]),
+                                    torch.full_like(lq[dc], float("inf")))
+
+    def grouped(self, hist: torch.Tensor, shape, gdims: int) -> torch.Tensor:
+        """A per-kernel-row histogram (..., nb + 2) as one row per system of data of
+        ``shape`` (summed over a system's planes): (B, nb)."""
+        lead = shape[:-self.fdims]
+        h = hist.expand(*lead, self.nb + 2)
+        sum_dims = tuple(range(-1 - (gdims - self.fdims), -1))
+        h = h.sum(dim=sum_dims) if sum_dims else h
+        return h.reshape(-1, self.nb + 2)[:, :self.nb]
+
+    def grouped_dc_q(self, shape, gdims: int) -> torch.Tensor:
+        """q at DC per plane, one row per system of data of ``shape``: (B, planes)."""
+        lead = shape[:-self.fdims]
+        planes = math.prod(shape[-gdims:-self.fdims]) if gdims > self.fdims else 1
+        return self.dc_q.expand(lead).reshape(-1, planes)
+
+    def _risk_weights(self, r2: torch.Tensor) -> None:
+        self._wr = self.weights / r2
+        self._wr_bins = self._hist(self.idx, self._wr.expand(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors held (what a plan cache counts)."""
+        return sum(t.numel() * t.element_size() for t in
+                   (self.idx, self.wa, self.log_q, self._noise_idx, self._wr, self._wr_bins)
+                   if t is not None)
+
+    def noise_std(self, y2: torch.Tensor, gdims: int, size: Tuple[int, int]) -> torch.Tensor:
+        """:func:`~deconv_ext.maths.noise.estimate_noise_spectrum` per system, with
+        the damped frequencies found once (they depend on the operator only)."""
+        return noise_from_power(y2, self._noise_idx, size, dims=self.fdims,
+                                group=gdims - self.fdims).reshape(-1)
+
+    def _hist(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Sum of ``v`` per bin over the frequency dims: (..., *F) -> (..., nb + 2)."""
+        lead = v.shape[:-self.fdims]
+        flat_i = idx.expand(v.shape).flatten(-self.fdims)
+        flat_v = v.flatten(-self.fdims)
+        out = torch.zeros(*lead, self.nb + 2, dtype=torch.float64, device=v.device)
+        return out.scatter_add_(-1, flat_i, flat_v)
+
+    def spectra(self, y2: torch.Tensor, gdims: int, res_extra: Optional[torch.Tensor] = None,
+                risk: bool = False) -> Tuple["_Spectra", torch.Size]:
+        """The binned sums of one batch of data, one row per system.
+
+        Parameters
+        ----------
+        y2 : Tensor (..., *F), real >= 0: ``|Y|^2`` (unnormalised FFT)
+        gdims : int >= fdims; the trailing dims of one system (fdims: one
+            per plane; fdims + 1: planes of dim -fdims-1 share eps)
+        res_extra : Tensor (...), optional; residual no eps changes, per system
+        risk : also the ``1 / |R|^2``-weighted sums (rule "risk")
+
+        Returns
+        -------
+        (_Spectra with B rows, the systems' shape ``y2.shape[:-gdims]``)
+        """
+        lead = y2.shape[:-gdims]
+        B = int(torch.Size(lead).numel())
+        wy_all = self._hist(self.idx, y2.to(torch.float64) * self.weights)
+        wa_all = self.wa.expand(*y2.shape[:-self.fdims], self.nb + 2)
+        sum_dims = tuple(range(-1 - (gdims - self.fdims), -1))
+
+        def group(h):
+            return (h.sum(dim=sum_dims) if sum_dims else h).reshape(B, self.nb + 2)
+
+        wy, wa = group(wy_all) / self.n_pix, group(wa_all)
+        nb = self.nb
+        planes = math.prod(y2.shape[-gdims:-self.fdims]) if gdims > self.fdims else 1
+        if risk:
+            if self._wr is None:
+                raise ValueError("these bins were built with risk=False; the rule 'risk' needs "
+                                 "risk=True")
+            wry = group(self._hist(self.idx, y2.to(torch.float64) * self._wr)) / self.n_pix
+            wr = group(self._wr_bins.expand(*y2.shape[:-self.fdims], nb + 2))
+            wr, wry = wr[:, :nb], wry[:, :nb]
+        else:
+            wr = wry = torch.zeros_like(wy[:, :nb])
+        dof_extra = wa[:, nb] + planes * self.extra_dof
+        res = wy[:, nb]
+        energy = wy.sum(-1)
+        if res_extra is not None:
+            re = res_extra.to(torch.float64).reshape(B)
+            res, energy = res + re, energy + re
+        n_data = float(wa[0].sum()) + planes * self.extra_dof if B else 1.0
+        q = torch.exp(self.log_q).expand(B, nb)
+        return _Spectra(q, wa[:, :nb], wy[:, :nb], wr, wry, self.n_pix, n_data, dof_extra, res,
+                        energy), lead
+
+
+def _coarsen(sp: "_Spectra", factor: int) -> "_Spectra":
+    """The same sums over bins ``factor`` times wider (their geometric centres)."""
+    B, nb = sp.q.shape
+    if nb % factor:
         return sp
-    width = (hi - lo).clamp(min=1e-12) / nb
-    idx = torch.where(ok, ((lq - lo) / width).floor().clamp(0, nb - 1),
-                      torch.zeros_like(lq)).to(torch.int64)
-    centre = torch.exp(lo + (torch.arange(nb, dtype=torch.float64, device=lq.device) + 0.5) * width)
 
-    def add(v):
-        return torch.zeros(v.shape[0], nb, dtype=v.dtype, device=v.device).scatter_add_(1, idx, v)
+    def s(v):
+        return v.reshape(B, nb // factor, factor).sum(-1)
 
-    return sp._replace(q=centre, wa=add(sp.wa), wy=add(sp.wy), wr=add(sp.wr), wry=add(sp.wry))
+    q = torch.exp(torch.log(sp.q).reshape(B, nb // factor, factor).mean(-1))
+    return sp._replace(q=q, wa=s(sp.wa), wy=s(sp.wy), wr=s(sp.wr), wry=s(sp.wry))
 
 
 def _bsum(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -222,6 +399,25 @@ class SpectralTerms(NamedTuple):
     dof: torch.Tensor
     seminorm: torch.Tensor
     gcv: torch.Tensor
+
+
+class EpsChoice(NamedTuple):
+    """What a parameter-choice rule chose, one entry per system (plane or sample).
+
+    eps : Tensor (...), float64, the chosen Tikhonov weight
+    objective : Tensor (...), float64, the rule's objective there (see
+        :func:`choose_eps`, "Returns")
+    rule : str, the rule that ran ("auto" resolved to its rule)
+    noise_std : Tensor (...) float64 or None; the noise level the rule used
+        (given or estimated), None for rules that need none
+    per : {"plane", "sample"}, what one system is
+    """
+
+    eps: torch.Tensor
+    objective: torch.Tensor
+    rule: str
+    noise_std: Optional[torch.Tensor]
+    per: str
 
 
 def _terms(sp: _Spectra, t: torch.Tensor, derivatives: bool = False):
@@ -368,17 +564,27 @@ def _flat(values: torch.Tensor) -> torch.Tensor:
     return ~(fin.any(dim=1)) | ~(vmax - vmin > 1e-10 * big)
 
 
-def _search(sp: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float):
-    """log eps (B,), objective (B,), fallback mask (B,) for one flattened problem."""
-    lo, hi = _log_range(sp, eps_range)
+def _search(fine: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float,
+            exact: Optional[_Spectra] = None):
+    """log eps (B,), objective (B,), fallback mask (B,), clipped mask (B,).
+
+    ``fine``: the binned sums (:class:`RuleBins`); the grid runs on bins
+    :data:`COARSEN` times wider, the refinement on ``fine``; the objective is
+    returned from ``exact`` (unbinned sums) when given, else from ``fine``.
+    """
+    final = fine if exact is None else exact
+    lo, hi = _log_range(fine, eps_range)
+    coarse = _coarsen(fine, COARSEN)
+    # Fewer frequencies than bins (small images): search on the exact sums.
+    if exact is not None and exact.q.shape[-1] <= fine.q.shape[-1]:
+        coarse = fine = exact
     t = _grid(lo, hi)
-    vals = _chunked(_binned(sp, BINS_PER_DECADE), rule, t, s2, tau)
-    fine = _binned(sp, 10 * BINS_PER_DECADE)
+    vals = _chunked(coarse, rule, t, s2, tau)
     step = float(((hi - lo) / (t.shape[1] - 1)).max())
     # No data where the filter moves: every eps gives the same solution.
-    energy = sp.wy.sum(-1)
+    energy = fine.wy.sum(-1)
     if rule == "discrepancy":
-        return _root(sp, fine, t, vals, s2, tau, energy, rtol)
+        return _root(final, fine, t, vals, s2, tau, energy, rtol)
     flat = _flat(vals) | ~(energy > 0)
     vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
     i = vals.argmin(dim=1)
@@ -398,7 +604,7 @@ def _search(sp: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float):
     tg = t[rows, i]
     better = fb <= fun(tg[:, None])[:, 0]
     tb = torch.where(better, tb, tg)
-    return tb, _objective(sp, rule, tb[:, None], s2, tau)[:, 0], flat, clipped
+    return tb, _objective(final, rule, tb[:, None], s2, tau)[:, 0], flat, clipped
 
 
 def _root(sp, fine, t, vals, s2, tau, energy, rtol):
@@ -538,7 +744,7 @@ def _prepare(k2, r2, y2, size, per, noise_std, noise_scale=None):
     return sp, lead
 
 
-def _noise_var(noise_std, rule, sp_shape_lead, est):
+def _noise_var(noise_std, rule, sp_shape_lead, est, device=None):
     """Noise variance per system (B,), from ``noise_std`` or the estimate ``est()``."""
     if rule not in NEEDS_NOISE:
         return None
@@ -548,7 +754,7 @@ def _noise_var(noise_std, rule, sp_shape_lead, est):
         s = noise_std.to(torch.float64).expand(sp_shape_lead).reshape(-1)
     else:
         s = torch.full((int(torch.Size(sp_shape_lead).numel()),), float(noise_std),
-                       dtype=torch.float64)
+                       dtype=torch.float64, device=device)
     return s * s
 
 
@@ -568,6 +774,55 @@ def _finish(tb, fb, flat, clipped, lead, rule, fallback_eps, what="objective"):
                       stacklevel=3)
         eps = torch.where(flat, torch.full_like(eps, fallback_eps), eps)
     return eps.reshape(lead), fb.reshape(lead)
+
+
+def _annihilates(k2: torch.Tensor, r2: Optional[torch.Tensor]) -> bool:
+    """Whether ``|R|^2 = 0`` somewhere ``|K|^2 > 0``: a smoothness prior (e.g. the Laplacian)."""
+    if r2 is None:
+        return False
+    return bool(((r2 == 0) & (k2 > 0)).any())
+
+
+class _Identity:
+    """What :func:`resolve` needs to know of the identity regulariser's bins."""
+
+    smoothness_prior = False
+
+
+_IDENTITY = _Identity()
+
+
+def resolve(rule: str, bins: Optional["RuleBins"] = None) -> str:
+    """The rule that ``rule`` runs: "auto" is "gcv" for a regulariser that
+    annihilates what the blur keeps (the Laplacian's constants: a smoothness
+    prior), else "discrepancy" (module docstring, "auto"). Without ``bins``,
+    "auto" stays "auto"."""
+    if rule != "auto" or bins is None:
+        return rule
+    return "gcv" if bins.smoothness_prior else "discrepancy"
+
+
+def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple[int, int],
+                     gdims: int, noise_std: Union[None, float, torch.Tensor] = None,
+                     tau: float = 1.0, rtol: float = 1e-2,
+                     eps_range: Optional[Tuple[float, float]] = None,
+                     fallback_eps: float = FALLBACK_EPS,
+                     res_extra: Optional[torch.Tensor] = None) -> EpsChoice:
+    """Choose eps per system from the power ``y2`` with an operator binned once.
+
+    What the plans call on every solve: the arguments are checked by the
+    caller (the public entry points); ``rule`` may be "auto". ``y2`` (...,
+    *F) as :meth:`RuleBins.spectra`, ``gdims`` its trailing dims per system,
+    ``noise_std`` a float or a Tensor broadcastable to the systems' shape
+    (None: :meth:`RuleBins.noise_std`, for the rules that need it).
+    """
+    rule = resolve(rule, bins)
+    fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk")
+    s2 = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2, gdims, size), y2.device)
+    eps, obj = _finish(*_search(fine, rule, s2, tau, eps_range, rtol), lead, rule, fallback_eps)
+    sigma = None if s2 is None else s2.sqrt().reshape(lead)
+    per = "plane" if gdims == bins.fdims else "sample"
+    return EpsChoice(eps, obj, rule, sigma, per)
 
 
 def choose_eps(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
@@ -615,12 +870,16 @@ def choose_eps(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
     """
     _check_common(rule, per, tau, rtol, eps_range, fallback_eps)
     noise_std = _check_positive("noise_std", noise_std)
-    rule = AUTO_RULE if rule == "auto" else rule
     sp, lead = _prepare(k2, r2, y2, size, per, noise_std)
     dims = 2 if per == "plane" else 3
+    H, W = size
+    bins = RuleBins(k2, r2, half_spectrum_weights(W, device=y2.device), n_pix=H * W)
+    rule = resolve(rule, bins)
+    fine, _ = bins.spectra(y2, dims, risk=rule == "risk")
     s2 = _noise_var(noise_std, rule, lead, lambda: estimate_noise_spectrum(
         k2, y2, size, dims=dims).reshape(-1))
-    return _finish(*_search(sp, rule, s2, tau, eps_range, rtol), lead, rule, fallback_eps)
+    return _finish(*_search(fine, rule, s2, tau, eps_range, rtol, exact=sp), lead, rule,
+                   fallback_eps)
 
 
 def spectral_terms(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
@@ -650,8 +909,9 @@ def rule_objective(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tenso
     """
     _check_common(rule, per, tau, 1e-2, None, FALLBACK_EPS)
     noise_std = _check_positive("noise_std", noise_std)
-    rule = AUTO_RULE if rule == "auto" else rule
     sp, lead = _prepare(k2, r2, y2, size, per, noise_std)
+    if rule == "auto":
+        rule = "gcv" if _annihilates(k2, r2) else "discrepancy"
     e = torch.as_tensor(eps, dtype=torch.float64, device=sp.q.device).reshape(-1)
     if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
@@ -733,7 +993,7 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
     """
     _check_common(rule, "sample", tau, rtol, eps_range, fallback_eps)
     noise_std = _check_positive("noise_std", noise_std)
-    rule = AUTO_RULE if rule == "auto" else rule
+    rule = resolve(rule, _IDENTITY)
     s2 = _check_power("s2", s2)
     y2_proj = _check_power("y2_proj", y2_proj)
     H, W = _check_size(size)
@@ -760,13 +1020,17 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
                  @ wcol).sum(-1) / (H * W)
     sp = _compress(s2b, torch.ones_like(s2b), y2b, w, H * W, n_out * H * W,
                    float((n_out - k) * H * W), extra)
+    bins = RuleBins(s2, None, wcol[:, None], n_pix=H * W, fdims=3,
+                    extra_dof=float((n_out - k) * H * W))
+    fine, _ = bins.spectra(y2_proj, 3, res_extra=extra, risk=rule == "risk")
 
     def est():
         # Power per frequency and output channel of the smallest singular values.
         return estimate_noise_spectrum(s2b, y2b, size, dims=1)
 
     s2n = _noise_var(noise_std, rule, lead, est)
-    return _finish(*_search(sp, rule, s2n, tau, eps_range, rtol), lead, rule, fallback_eps)
+    return _finish(*_search(fine, rule, s2n, tau, eps_range, rtol, exact=sp), lead, rule,
+                   fallback_eps)
 
 
 # ---------------------------------------------------------------------------
@@ -785,54 +1049,279 @@ def tukey_window(n: int, width: int, dtype=torch.float64, device=None) -> torch.
     return w.to(dtype)
 
 
+def default_taper(size: Tuple[int, int], psf_size: Tuple[int, int]) -> int:
+    """Ramp width of the observation window: ``2 max(kh, kw)``, at least 8, at most a
+    quarter of the image's shorter side."""
+    taper = max(8, 2 * max(psf_size))
+    return max(1, min(taper, min(size) // 4))
+
+
+def window_power(image: torch.Tensor, fft_size: Tuple[int, int],
+                 taper: int) -> Tuple[torch.Tensor, float]:
+    """``|rfft2(w (y - mean))|^2`` of the observed region, and ``sum(w^2) / (Nh Nw)``.
+
+    ``w`` is a separable Tukey window (raised-cosine ramps of ``taper``
+    pixels inside the image edge), the product sits at (0, 0) of a zero
+    (Nh, Nw) buffer (a circular shift changes no power spectrum). The mean is
+    removed first: the window would otherwise print its own spectrum (a
+    bright, sharp-edged plateau) on the data. float64, (..., Nh, Nw // 2 + 1).
+    """
+    H, W = image.shape[-2:]
+    Nh, Nw = fft_size
+    x = image.detach().to(torch.float64)
+    win = (tukey_window(H, int(taper), device=x.device)[:, None]
+           * tukey_window(W, int(taper), device=x.device)[None, :])
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    Z = torch.fft.rfft2(torch.nn.functional.pad((x - mean) * win, (0, Nw - W, 0, Nh - H)))
+    return Z.real ** 2 + Z.imag ** 2, float((win * win).sum()) / (Nh * Nw)
+
+
+def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int, int],
+               mode: str) -> torch.Tensor:
+    """Power spectrum of the error a boundary extension makes, measured on the image.
+
+    The fast path extends the observation by ``mode`` past its edges, where
+    the true blurred scene goes on otherwise; that difference is the
+    structured error the circular solve then rings on. It cannot be seen
+    outside the image, but the same extension made from the image's interior
+    can be checked against the image itself: ``d = y - pad_mode(y[mt:-mt,
+    ml:-ml])`` is the extension error over a border of ``margin = (mt, ml)``
+    pixels, a sample of the same statistics. Returns ``|rfft2(d)|^2`` in a zero
+    (Nh, Nw) buffer, float64, (..., Nh, Nw // 2 + 1); zeros when the image is
+    too small to hold a margin.
+    """
+    H, W = image.shape[-2:]
+    Nh, Nw = fft_size
+    x = image.detach().to(torch.float64)
+    mt = max(0, min(int(margin[0]), (H - 1) // 2))
+    ml = max(0, min(int(margin[1]), (W - 1) // 2))
+    if mt == 0 and ml == 0:
+        return torch.zeros(*x.shape[:-2], Nh, Nw // 2 + 1, dtype=torch.float64,
+                           device=x.device)
+    inner = x[..., mt:H - mt, ml:W - ml]
+    d = x - pad_extend(inner, mt, ml, H, W, mode)
+    E = torch.fft.rfft2(torch.nn.functional.pad(d, (0, Nw - W, 0, Nh - H)))
+    return E.real ** 2 + E.imag ** 2
+
+
+class _Prior(NamedTuple):
+    """The calibrated signal prior of the edge-aware risk, per system."""
+
+    weight: torch.Tensor   # (B, nb) sum c / |L|^2 per bin of the user's q (L: the Laplacian)
+    scale: torch.Tensor    # (B,) s^2 / eps_L: signal power = N scale / |L|^2
+    dc_q: torch.Tensor     # (B, P) q at DC per plane (inf where DC is kept: no DC bias)
+    dc_power: torch.Tensor  # (B, P) mean^2 per plane
+
+
+def _edge_risk(spE: _Spectra, prior: _Prior, t: torch.Tensor, s2: torch.Tensor, rho: float,
+               k2_max: float) -> torch.Tensor:
+    """Edge-aware estimate of the padded solve's error ``||x_eps - x||^2 / N``, (B, G).
+
+    ``sum_w c [g^2 S + f^2 (s^2 + rho |E|^2 / N) / |K|^2 - rho f^2 |E|^2 / (N |K|_max^2)]``
+    with ``S = N s^2 / (eps_L |L|^2)`` (``|X(0)|^2 = N^2 mean^2`` at DC): a
+    Laplacian (``1 / |w|^4``) signal prior calibrated by GCV on the observed
+    region (``eps_L``, for which it is the Wiener optimum), the noise, and
+    the seam error ``E`` amplified by the filter beyond unit gain (what the
+    filter passes unamplified stays outside the image and is cropped).
+    ``spE``: the binned sums of ``|E|^2`` with the user's ``1 / |R|^2`` weights
+    (``wr = sum c / |R|^2``, ``wry = sum c |E|^2 / (|R|^2 N)``, ``wy = sum c
+    |E|^2 / N``); ``rho = 0`` drops the seam term.
+    """
+    e = torch.exp(t)[..., None]
+    q = spE.q[:, None, :]
+    d = 1.0 / (q + e)
+    g = e * d
+    amp = q * d * d                                   # f^2 / |K|^2 times |R|^2
+    s2c = s2[:, None]
+    out = prior.scale[:, None] * _bsum(g * g, prior.weight) + s2c * _bsum(amp, spE.wr)
+    g_dc = e / (prior.dc_q[:, None, :] + e)              # (B, G, P)
+    dc = torch.where(torch.isfinite(prior.dc_q)[:, None, :], g_dc * g_dc, torch.zeros_like(g_dc))
+    out = out + (dc * prior.dc_power[:, None, :]).sum(-1)
+    if rho:
+        f = 1.0 - g
+        out = out + rho * (_bsum(amp, spE.wry) - _bsum(f * f, spE.wy) / k2_max)
+    return out
+
+
+def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float):
+    """Grid (:data:`POINTS_PER_DECADE`) then golden section: argmin of ``fun`` (B, G) -> (B,)."""
+    t = _grid(lo, hi)
+    vals = fun(t)
+    vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
+    i = vals.argmin(dim=1)
+    G = t.shape[1]
+    rows = torch.arange(t.shape[0], device=t.device)
+    a, b = t[rows, (i - 1).clamp(min=0)], t[rows, (i + 1).clamp(max=G - 1)]
+
+    def safe(x):
+        v = fun(x)
+        return torch.where(torch.isfinite(v), v, torch.full_like(v, float("inf")))
+
+    step = float(((hi - lo) / (G - 1)).max())
+    tb, fb = _golden(safe, a, b, _iters(step, rtol))
+    tg = t[rows, i]
+    fg = safe(tg[:, None])[:, 0]
+    better = fb <= fg
+    return torch.where(better, tb, tg), torch.where(better, fb, fg)
+
+
+def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
+                E2: torch.Tensor, dc_power: torch.Tensor, s2: torch.Tensor, gdims: int,
+                rho: float, rtol: float = 1e-2) -> Tuple[torch.Tensor, torch.Tensor]:
+    """How much the fast path's edge error raises eps, and the risk there, per system.
+
+    ``eps_E / eps_0``: the minimisers of :func:`_edge_risk` with and without
+    the seam term, for the user's filter (``bins``), the prior calibrated by
+    GCV with the Laplacian (``prior_bins``) on the windowed power ``y2w``.
+    ``E2`` the seam power (:func:`seam_power`), ``dc_power`` the DC signal
+    power ``N mean^2`` per plane (``E2.shape[:-2]``), ``s2`` the noise
+    variance per system (image units).
+
+    Returns ``(factor, risk)``, each (B,) float64: the factor (>= 1 up to the
+    search's resolution) and the risk estimate at ``eps_E`` (the squared
+    error summed over the buffer, up to an eps-independent constant).
+    """
+    spE, _ = bins.spectra(E2, gdims, risk=True)
+    eps_l = choose_from_bins(prior_bins, y2w, "gcv", size=prior_bins.size, gdims=gdims,
+                             rtol=rtol).eps.reshape(-1)
+    dc_q = bins.grouped_dc_q(E2.shape, gdims)
+    prior = _Prior(bins.grouped(bins.prior_w, E2.shape, gdims), s2 / eps_l, dc_q,
+                   dc_power.reshape(dc_q.shape))
+    lo, hi = _log_range(spE, None)
+    t0, _ = _minimise(lambda t: _edge_risk(spE, prior, t, s2, 0.0, bins.k2_max), lo, hi, rtol)
+    tE, fE = _minimise(lambda t: _edge_risk(spE, prior, t, s2, rho, bins.k2_max), lo, hi, rtol)
+    return torch.exp(tE - t0), fE
+
+
+def padded_bins(k2: torch.Tensor, r2: Optional[torch.Tensor], fft_size: Tuple[int, int],
+                r2_is_laplacian: bool = False) -> Tuple["RuleBins", "RuleBins"]:
+    """The two :class:`RuleBins` of the padded path: the user's regulariser (with
+    the prior weights and the risk sums) and the Laplacian's (the same object
+    when ``r2_is_laplacian``)."""
+    Nh, Nw = fft_size
+    w = half_spectrum_weights(Nw, device=k2.device)
+    lap = laplacian_power(fft_size, torch.float64, k2.device)
+    bins = RuleBins(k2, r2, w, n_pix=Nh * Nw, risk=True, prior_r2=lap, size=fft_size)
+    prior = bins if r2_is_laplacian else RuleBins(k2, lap, w, n_pix=Nh * Nw, risk=False,
+                                                  size=fft_size)
+    return bins, prior
+
+
+def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.Tensor,
+                            rule: str, *, fft_size: Tuple[int, int], psf_size: Tuple[int, int],
+                            mode: str, gdims: int, margin: Optional[Tuple[int, int]] = None,
+                            taper: Optional[int] = None,
+                            noise_std: Union[None, float, torch.Tensor] = None,
+                            tau: float = 1.0, rtol: float = 1e-2,
+                            eps_range: Optional[Tuple[float, float]] = None,
+                            fallback_eps: float = FALLBACK_EPS,
+                            edge_weight: float = None) -> EpsChoice:
+    """Choose eps for the padded fast path; the bins hold the padded-size operator.
+
+    Two steps (module docstring, "Non-circular boundaries"): the rule on the
+    windowed observed region (:func:`window_power`), then eps times the edge
+    factor (:func:`edge_factor`, with the seam error of :func:`seam_power`
+    weighted by :data:`EDGE_WEIGHT`). ``bins``: the user's regulariser, built
+    with ``prior_r2`` (the Laplacian's power) and ``risk=True``;
+    ``prior_bins``: the Laplacian's (the same object when the user's
+    regulariser is the Laplacian). ``image`` (..., H, W) unpadded; ``mode``
+    the fast path's extension rule; ``margin`` the seam width (default: the
+    PSF's half size plus one); ``noise_std`` in image units (None: the
+    spectral estimate on the windowed region). The objective returned is
+    the rule's on the window when ``edge_weight=0``, else the edge-aware
+    risk estimate per pixel at the chosen eps.
+    """
+    rho = EDGE_WEIGHT if edge_weight is None else float(edge_weight)
+    H, W = image.shape[-2:]
+    taper = default_taper((H, W), psf_size) if taper is None else int(taper)
+    if margin is None:
+        margin = (psf_size[0] // 2 + 1, psf_size[1] // 2 + 1)
+    y2w, scale = window_power(image, fft_size, taper)
+    lead = y2w.shape[:-gdims]
+    rule = resolve(rule, bins)
+    # The noise level in window units (what the rules on y2w expect) and in image units.
+    if noise_std is None:
+        s_win = bins.noise_std(y2w, gdims, fft_size).reshape(lead)
+    elif isinstance(noise_std, torch.Tensor):
+        s_win = noise_std.to(torch.float64).expand(lead) * math.sqrt(scale)
+    else:
+        s_win = torch.full(lead, float(noise_std) * math.sqrt(scale), dtype=torch.float64,
+                           device=y2w.device)
+    inner = choose_from_bins(bins, y2w, rule, size=fft_size, gdims=gdims,
+                             noise_std=s_win if rule in NEEDS_NOISE else None, tau=tau,
+                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
+    s_img = (s_win / math.sqrt(scale)).reshape(lead)
+    if rho == 0:
+        return inner._replace(noise_std=s_img)
+    n_buf = fft_size[0] * fft_size[1]
+    # |X(0)|^2 / N of the buffer: N mean^2.
+    dc_power = n_buf * image.detach().to(torch.float64).mean(dim=(-2, -1)) ** 2
+    E2 = seam_power(image, fft_size, margin, mode)
+    factor, risk = edge_factor(bins, prior_bins, y2w, E2, dc_power, (s_img * s_img).reshape(-1),
+                               gdims, rho, rtol)
+    risk = risk / n_buf
+    eps = inner.eps.reshape(-1) * factor.clamp(min=1.0)
+    if eps_range is not None:
+        eps = eps.clamp(max=float(eps_range[1]))
+    # A system the rule could not decide keeps the fallback.
+    undecided = ~(y2w.flatten(-gdims).sum(-1).reshape(-1) > 0)
+    eps = torch.where(undecided, torch.full_like(eps, fallback_eps), eps)
+    return EpsChoice(eps.reshape(lead), risk.reshape(lead), rule, s_img, inner.per)
+
+
 def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.Tensor],
                       geometry, rule: str = "auto", *, psf_size: Tuple[int, int],
-                      taper: Optional[int] = None,
+                      taper: Optional[int] = None, mode: str = "symmetric",
                       noise_std: Union[None, float, torch.Tensor] = None, per: str = "plane",
                       tau: float = 1.0, rtol: float = 1e-2,
                       eps_range: Optional[Tuple[float, float]] = None,
-                      fallback_eps: float = FALLBACK_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
+                      fallback_eps: float = FALLBACK_EPS,
+                      edge_weight: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Choose eps for the padded fast path of a non-circular boundary.
 
     The padded solve extends the observation to ``geometry.fft_size`` and
     solves circularly there. The extension is not the blur of anything (its
-    seams carry an error that is structured, not noise), and a rule applied
-    to the padded spectrum fits that error with a too-small eps. Instead the
-    rule is applied to the *observed region only*, made periodic by a
-    window: ``z = w y`` with a separable Tukey window ``w`` (raised-cosine
-    ramps of ``taper`` pixels inside the image edge), zero elsewhere in the
-    ``fft_size`` buffer. For a window that is smooth on the PSF's scale,
-    ``z = K (w x) + w n`` up to a commutator ``[w, K] x`` that is small, and
-    the noise ``w n`` has the same expected power ``s^2 sum(w^2)`` at every
-    frequency, i.e. it behaves like white noise of variance
-    ``s^2 sum(w^2) / (Nh Nw)`` on the buffer (exact for the expectations all
-    rules rely on). The rule then runs in closed form on ``|rfft2(z)|^2``
-    with the padded ``|K|^2``, ``|R|^2``: one extra FFT.
+    seams carry an error that is structured, not noise): a rule applied to
+    the padded spectrum fits that error with a too-small eps, and the solve
+    rings on it where eps is small. So (module docstring, "Non-circular
+    boundaries"):
+
+    1. the rule runs on the *observed region only*, made periodic by a
+       window: ``z = w (y - mean)`` with a separable Tukey window ``w``
+       (raised-cosine ramps of ``taper`` pixels inside the image edge), zero
+       elsewhere in the buffer. For a window smooth on the PSF's scale,
+       ``z = K (w x) + w n`` up to a small commutator, and ``w n`` has the
+       expected power ``s^2 sum(w^2)`` at every frequency: white noise of
+       variance ``s^2 sum(w^2) / (Nh Nw)`` on the buffer;
+    2. eps is then raised as far as an edge-aware risk estimate asks: the
+       rule's eps calibrates a Wiener prior, the seam error is measured on
+       the image (:func:`seam_power`), and the filter's amplification of it
+       is weighed against the bias (:func:`_edge_risk`). ``edge_weight=0``
+       skips this step.
 
     Parameters
     ----------
     image : Tensor (..., H, W), the observation (not padded)
     k2, r2 : Tensors broadcastable to (..., Nh, Nw // 2 + 1): the plan's
         padded-size ``|K|^2`` and ``|R|^2`` (r2 None: identity)
-    geometry : object with ``top``, ``left``, ``height``, ``width``, ``fft_size``
-        (``boundary.PadGeometry``); only ``fft_size`` and the image size are
-        used, the window sits at (0, 0) of the buffer (a circular shift
-        does not change any power spectrum).
-    rule : as in :func:`choose_eps`; "auto" is :data:`AUTO_RULE_PADDED`
-    psf_size : (kh, kw), sets the default taper
-    taper : int >= 1, optional; ramp width, default ``2 max(kh, kw)`` (at
-        least 8, at most a quarter of the image side)
-    noise_std : optional; default :func:`~deconv_ext.maths.noise.estimate_noise`
-        of the image (rules that need it)
+    geometry : object with ``height``, ``width``, ``fft_size``
+        (``plans.padded.PadGeometry``)
+    rule : as in :func:`choose_eps`
+    psf_size : (kh, kw), sets the default taper and the seam width
+    taper : int >= 1, optional; ramp width, default :func:`default_taper`
+    mode : str, the fast path's extension rule (``F.pad`` names)
+    noise_std : optional; default: the spectral estimate on the windowed region
     per, tau, rtol, eps_range, fallback_eps : as in :func:`choose_eps`
+    edge_weight : float >= 0, optional; default :data:`EDGE_WEIGHT`
 
     Returns
     -------
-    eps, objective : Tensor, float64, ``image.shape[:-2]`` (or ``[:-3]``)
+    eps, objective : Tensor, float64, ``image.shape[:-2]`` (or ``[:-3]``);
+    the objective is the edge-aware risk estimate (up to a constant) per
+    pixel, or the rule's objective on the window with ``edge_weight=0``.
     """
     _check_common(rule, per, tau, rtol, eps_range, fallback_eps)
     noise_std = _check_positive("noise_std", noise_std)
-    rule = AUTO_RULE_PADDED if rule == "auto" else rule
     if not isinstance(image, torch.Tensor) or not image.dtype.is_floating_point \
             or image.dim() < 2:
         raise TypeError("image must be a real floating torch.Tensor (..., H, W)")
@@ -843,27 +1332,18 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
     if (geometry.height, geometry.width) != (H, W) or Nh < H or Nw < W:
         raise ValueError(f"geometry {geometry} does not hold an image of size {(H, W)}")
     kh, kw = _check_size(psf_size)
-    if taper is None:
-        taper = max(8, 2 * max(kh, kw))
-        taper = max(1, min(taper, min(H, W) // 4))
-    elif not isinstance(taper, numbers.Integral) or taper < 1:
+    if taper is not None and (not isinstance(taper, numbers.Integral) or taper < 1):
         raise ValueError(f"taper={taper!r} is not valid; expected a positive int")
-    x = image.to(torch.float64)
-    wr = tukey_window(H, int(taper), device=x.device)
-    wc = tukey_window(W, int(taper), device=x.device)
-    win = wr[:, None] * wc[None, :]
-    # Remove the mean first: the window would otherwise print its own
-    # spectrum (a bright, sharp-edged plateau) on the data.
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    z = torch.nn.functional.pad((x - mean) * win, (0, Nw - W, 0, Nh - H))
-    Z = torch.fft.rfft2(z)
-    y2 = Z.real ** 2 + Z.imag ** 2
-    scale = float((win * win).sum()) / (Nh * Nw)
-    if rule in NEEDS_NOISE:
-        if noise_std is None:
-            noise_std = estimate_noise(image)
-            if per == "sample":
-                noise_std = noise_std.pow(2).mean(-1).sqrt()
-        noise_std = noise_std * math.sqrt(scale)
-    return choose_eps(k2, r2, y2, rule, size=(Nh, Nw), noise_std=noise_std, per=per, tau=tau,
-                      rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
+    if edge_weight is not None:
+        _check_positive("edge_weight", edge_weight + 1.0, allow_none=False)
+    k2 = _check_power("k2", k2)
+    r2 = None if r2 is None else _check_power("r2", r2)
+    if per == "sample" and image.dim() < 3:
+        raise ValueError(f"per='sample' groups dims -3.. (channels, H, W); image has shape "
+                         f"{tuple(image.shape)}")
+    bins, prior = padded_bins(k2, r2, (Nh, Nw))
+    c = choose_padded_from_bins(bins, prior, image, rule, fft_size=(Nh, Nw), psf_size=(kh, kw),
+                                mode=mode, gdims=2 if per == "plane" else 3, taper=taper,
+                                noise_std=noise_std, tau=tau, rtol=rtol, eps_range=eps_range,
+                                fallback_eps=fallback_eps, edge_weight=edge_weight)
+    return c.eps, c.objective

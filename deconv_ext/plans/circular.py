@@ -13,7 +13,7 @@ import torch
 from .. import execution
 from .. import validation as V
 from ..maths import spectral
-from . import padded, spectra
+from . import choice, padded, spectra
 from .base import Plan
 from .layer import LayerPlan
 
@@ -65,6 +65,37 @@ class DeconvPlan(Plan):
     taper : int >= 0, optional
         Non-circular only: width in pixels over which the extended border is
         blended toward the image mean before the solve (less ringing).
+    noise_std : float > 0 or Tensor, optional, keyword-only
+        With a rule that uses a noise level (``"discrepancy"``, ``"upre"``,
+        ``"risk"``): the standard deviation of the additive white noise, a
+        float or a tensor broadcastable to one value per system; None
+        estimates it from each image's spectrum.
+    eps_per : {"plane", "sample"}, keyword-only
+        With a rule: one eps per ``(H, W)`` plane (default), or one per sample,
+        shared by its channels (dim -3), from the rule's sums over the whole
+        sample (one objective for the sample's channels together).
+
+    Attributes
+    ----------
+    rule : str or None
+        The parameter-choice rule (``eps`` given by name), else None.
+    last_choice : EpsChoice or None
+        With a rule: what the latest call chose (``eps``, ``objective``, ...,
+        one entry per system: ``image.shape[:-2]``, or ``[:-3]`` with
+        ``eps_per="sample"``). One attribute per plan: with several threads
+        sharing a plan use ``plan(image, return_info=True)`` instead.
+
+    Notes
+    -----
+    ``eps`` may name a parameter-choice rule (:mod:`deconv_ext.maths.parameter_choice`):
+    ``"auto"``, ``"gcv"``, ``"discrepancy"``, ``"lcurve"``, ``"upre"``,
+    ``"risk"``. The plan then bins the operator's ``|K|^2`` and ``|R|^2``
+    once, and each call chooses eps per system from the spectrum the solve
+    computes anyway (``rfft2`` of the image; on non-circular boundaries the
+    rule reads the windowed observation, one more FFT): the rule costs a
+    histogram of ``|Y|^2`` and a search over a few thousand bins, no extra
+    transform on the circular boundary. The chosen eps is held constant
+    under autograd (the gradient flows through the solve, not the choice).
 
     Examples
     --------
@@ -72,17 +103,21 @@ class DeconvPlan(Plan):
     >>> x = plan(y)            # y: (..., 256, 256)
     >>> y2 = plan.blur(x)      # the forward model
     >>> z = plan.adjoint(y)    # its adjoint
+    >>> auto = DeconvPlan(psf, (256, 256), eps="gcv", reg="laplacian")
+    >>> x, choice = auto(y, return_info=True)   # choice.eps: one eps per plane
     """
 
-    def __init__(self, psf: torch.Tensor, image_size, eps: Union[float, torch.Tensor] = 1e-2,
-                 method: str = "tikhonov", reg: Union[None, str, torch.Tensor] = None,
-                 rcond: Optional[float] = None, dtype: Optional[torch.dtype] = None,
-                 boundary: str = "circular", taper: Optional[int] = None):
+    def __init__(self, psf: torch.Tensor, image_size,
+                 eps: Union[float, str, torch.Tensor] = 1e-2, method: str = "tikhonov",
+                 reg: Union[None, str, torch.Tensor] = None, rcond: Optional[float] = None,
+                 dtype: Optional[torch.dtype] = None, boundary: str = "circular",
+                 taper: Optional[int] = None, *, noise_std=None, eps_per: str = "plane"):
         size = V.size2("image_size", image_size)
         V.kernel(psf, tuple(psf.shape[:-2]) + size, name="psf")
         V.choice("method", method, V.METHODS)
         reg = V.reg(reg, size)
-        eps = V.eps(eps, size)
+        eps = V.eps_or_rule(eps, size)
+        noise_std, eps_per = V.eps_rule_args(eps, method, noise_std, eps_per)
         rcond = V.rcond(rcond)
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype={dtype} is not valid; expected torch.float32 or torch.float64")
@@ -111,6 +146,8 @@ class DeconvPlan(Plan):
         self.psf = psf.to(self.dtype)
         self.reg = reg.to(self.dtype) if isinstance(reg, torch.Tensor) else reg
         self.eps = eps.to(self.dtype) if isinstance(eps, torch.Tensor) else eps
+        self.noise_std = noise_std
+        self.eps_per = eps_per
         self._build()
 
     # -- construction -------------------------------------------------------
@@ -124,7 +161,9 @@ class DeconvPlan(Plan):
         # floating point. A PSF far from 1 is brought near it first, so that
         # |K|^2 and the threshold (rcond sigma_max)^2 neither overflow (a PSF
         # of 1e20 in float32) nor fall where 1 / (|K|^2 + eps) overflows (1e-20).
-        k = self._scale_exponent()
+        # A rule (eps="gcv", ...) chooses eps on the plan's own spectrum and
+        # threshold, so a plan with a rule solves the PSF as it is.
+        k = self._scale_exponent() if not isinstance(self.eps, str) else 0
         self._out_scale = 2.0 ** k if k else None
         self._solve_spectrum = (self.spectrum if not k
                                 else spectra.psf_spectrum(self.psf * 2.0 ** k, size))
@@ -139,7 +178,15 @@ class DeconvPlan(Plan):
         # and 0 * inf is NaN. Such a p is raised to that number (a change far
         # below the dtype's resolution of |K|^2).
         tiny = torch.finfo(dtype).tiny
-        if self.method == "pinv":
+        self.rule = self.eps if isinstance(self.eps, str) else None
+        self.last_choice = None
+        self._bins = self._prior_bins = None
+        if self.rule is not None:
+            # eps is chosen per call; the operator's half of the rule sums now.
+            self._reg_power = power
+            self._reg_op, self._eps_op = None, 0.0
+            choice.operator_bins(self, power)
+        elif self.method == "pinv":
             self._reg_op, self._eps_op = None, 0.0
         elif isinstance(self.eps, torch.Tensor):
             e = spectral.symmetrised_eps(self.eps, size) * 4.0 ** k
@@ -235,9 +282,9 @@ class DeconvPlan(Plan):
 
     # What defines a plan; everything else (spectra, thresholds) is derived.
     _STATE_KEYS = ("image_size", "dtype", "method", "rcond", "bias", "psf", "reg", "eps",
-                   "boundary", "taper", "geometry", "fft_size")
+                   "boundary", "taper", "geometry", "fft_size", "noise_std", "eps_per")
 
-    _TENSOR_KEYS = ("psf", "reg", "eps", "bias")
+    _TENSOR_KEYS = ("psf", "reg", "eps", "bias", "noise_std")
 
     def __repr__(self) -> str:
         return (f"DeconvPlan(psf={tuple(self.psf.shape)}, image_size={self.image_size}, "
@@ -254,15 +301,37 @@ class DeconvPlan(Plan):
                         else None, image.shape, name)
         return image
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """Solve for ``x`` given the blurred ``image`` (..., H, W); same shape and dtype."""
-        self._check(image, "image")
-        return self._solve(image)
+    def __call__(self, image: torch.Tensor, *, return_info: bool = False):
+        """Solve for ``x`` given the blurred ``image`` (..., H, W); same shape and dtype.
 
-    def _solve(self, image: torch.Tensor) -> torch.Tensor:
-        """:meth:`__call__` without the argument checks (the caller made them)."""
+        ``return_info=True`` (plans with a rule only) also returns the
+        :class:`~deconv_ext.maths.parameter_choice.EpsChoice` of this call.
+        """
+        self._check(image, "image")
+        if return_info and self.rule is None:
+            raise ValueError(f"return_info=True returns the eps a rule chose; this plan has a "
+                             f"fixed eps={self.eps if not isinstance(self.eps, torch.Tensor) else 'tensor'} "
+                             f"(make it with eps='auto', 'gcv', ...)")
+        if self.rule is not None:
+            choice.check_systems(self, image)
+        x, chosen = self._solve(image, with_choice=True)
+        return (x, chosen) if return_info else x
+
+    def _solve(self, image: torch.Tensor, with_choice: bool = False):
+        """:meth:`__call__` without the argument checks (the caller made them).
+
+        ``with_choice=True`` returns ``(x, EpsChoice or None)``.
+        """
         if image.numel() == 0:
-            return torch.empty_like(image)
+            x = torch.empty_like(image)
+            return (x, choice.empty(self, image)) if with_choice else x
+        if self.rule is not None:
+            if self.boundary != "circular":
+                x, chosen = choice.padded_solve(self, image)
+            else:
+                x, chosen = choice.circular_solve(self, image)
+            self.last_choice = chosen
+            return (x, chosen) if with_choice else x
         if self.boundary != "circular":
             x = padded.padded_solve(self, image)
         else:
@@ -275,7 +344,8 @@ class DeconvPlan(Plan):
             x = x * self._out_scale
         if self._guard is not None:
             x = x + self._guard.to(x.dtype)
-        return x.to(image.dtype)
+        x = x.to(image.dtype)
+        return (x, None) if with_choice else x
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""

@@ -1,12 +1,14 @@
 """``deconvolve`` for a non-circular boundary or a non-default solver."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 
 from ..maths import spectral
 from ..plans import DeconvPlan, cache
+from ..plans.choice import check_systems as choice_checks
 from .cg import DEFAULT_MAX_ITER, Problem, residual_info
 from .dct import dct_deconvolve
 from .operators import ConvOperator
@@ -25,7 +27,8 @@ def _reg_kernel(reg, dtype, device):
 
 def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str, reg,
                         boundary: str, rcond, solver: str, tol: float, max_iter: Optional[int],
-                        taper: Optional[int], precond: str, return_info: bool):
+                        taper: Optional[int], precond: str, return_info: bool,
+                        noise_std=None, eps_per: str = "plane"):
     """``deconvolve`` for a non-circular boundary or a non-default solver (validated inputs).
 
     * ``solver="fft"``: the padded fast path (``DeconvPlan(boundary=...)``);
@@ -33,6 +36,9 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
     * ``solver="cg"``: :func:`cgls` on ``A_b`` (:class:`~deconv_ext.solvers.operators.ConvOperator`),
       preconditioned per ``precond``, warm-started from the padded fast
       solve when ``eps > 0``.
+
+    ``eps`` may name a rule (``solver="fft"`` only): the plan chooses it per
+    system and the SolveInfo carries the choice.
 
     Returns ``x`` or ``(x, SolveInfo)``.
     """
@@ -50,13 +56,22 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
     reg_k = _reg_kernel(reg, dtype, image.device)
     reg_op = ConvOperator(reg_k, size, boundary, dtype) if need_op and reg_k is not None else None
     info = None
+    chosen = None
     if solver == "fft":
-        # Repeated calls with the same small PSF reuse the padded plan.
+        # Repeated calls with the same small PSF reuse the plan.
         plan = cache.cached_plan(
-            psf, ("padded", size, dtype, eps, method, reg, rcond, boundary, taper),
+            psf, ("padded", size, dtype, eps, method, reg, rcond, boundary, taper, noise_std,
+                  eps_per),
             lambda: DeconvPlan(psf_c, size, eps=eps, method=method, reg=reg, rcond=rcond,
-                               dtype=dtype, boundary=boundary, taper=taper))
-        x = plan(image)
+                               dtype=dtype, boundary=boundary, taper=taper,
+                               noise_std=noise_std, eps_per=eps_per))
+        if plan.rule is not None:
+            choice_checks(plan, image)
+        x, chosen = plan._solve(image, with_choice=True)
+        if chosen is not None:
+            # The per-system eps, as the exact operators below broadcast it.
+            eps_eff = chosen.eps.to(dtype).reshape(*chosen.eps.shape,
+                                                   *([1] * (image.dim() - chosen.eps.dim())))
     elif solver == "dct":
         x = dct_deconvolve(image.to(dtype), psf_c, eps=eps_eff, method=method, reg=reg,
                            rcond=rcond)
@@ -93,4 +108,7 @@ def deconvolve_boundary(image: torch.Tensor, psf: torch.Tensor, eps, method: str
     if info is None:
         with torch.no_grad():
             info = residual_info(op, image.to(dtype), x.to(dtype), eps_eff, reg_op, solver)
+    if chosen is not None:
+        info = dataclasses.replace(info, eps=chosen.eps, objective=chosen.objective,
+                                   rule=chosen.rule, noise_std=chosen.noise_std)
     return x, info

@@ -376,7 +376,8 @@ def residual_info(op, y, x, eps, reg_op, solver: str) -> SolveInfo:
     dims = op.sample_dims
     b = op.rmatvec(y)
     r = op.rmatvec(y - op.matvec(x))
-    if eps:
+    # eps: a float, or one value per system broadcast as (..., 1, 1) (a rule's choice).
+    if isinstance(eps, torch.Tensor) or eps:
         r = r - eps * (x if reg_op is None else reg_op.rmatvec(reg_op.matvec(x)))
     bn = (b * b).sum(dim=dims, keepdim=True).sqrt()
     res = (r * r).sum(dim=dims, keepdim=True).sqrt() / torch.where(bn > 0, bn, torch.ones_like(bn))

@@ -34,6 +34,18 @@ class SolveInfo:
         normal-equations residual and ``theta_min`` the smallest Ritz value of
         ``A^T A`` (an estimate of its smallest nonzero eigenvalue); ``inf``
         where no estimate exists. None for the other solves.
+    eps : Tensor (...,) float64 or None
+        With ``eps=<rule>``: the eps chosen per system (per image plane, or
+        per sample with ``eps_per="sample"``); None for a given eps.
+    objective : Tensor (...,) float64 or None
+        The rule's objective at the chosen eps (GCV value, ``residual /
+        (N noise_std^2)`` for the discrepancy principle, minus the L-curve
+        curvature, ...; see :func:`deconv_ext.maths.parameter_choice.choose_eps`).
+    rule : str or None
+        The rule that ran (``"auto"`` resolved to its rule).
+    noise_std : Tensor (...,) float64 or None
+        The noise level the rule used (given or estimated); None for rules
+        that need none.
     """
 
     iterations: torch.Tensor
@@ -42,6 +54,10 @@ class SolveInfo:
     solver: str
     precond: Optional[str] = None
     error: Optional[torch.Tensor] = None
+    eps: Optional[torch.Tensor] = None
+    objective: Optional[torch.Tensor] = None
+    rule: Optional[str] = None
+    noise_std: Optional[torch.Tensor] = None
 
     @property
     def max_iterations(self) -> int:

@@ -1,0 +1,125 @@
+"""Plans that choose eps per call: the circular solve with a parameter-choice rule.
+
+A plan made with ``eps="gcv"`` (or another rule of
+:mod:`deconv_ext.maths.parameter_choice`) holds the operator's half of the
+rule sums (:class:`~deconv_ext.maths.parameter_choice.RuleBins`, built once
+from ``|K|^2`` and ``|R|^2``). A call transforms the image once, bins
+``|Y|^2``, chooses one eps per system, and solves with it: the per-system
+eps enters the fused solve as its regulariser operand ``eps[..., None, None]
+* |R|^2`` (``eps`` alone for ``reg=None``) with the op's scalar eps 1, so the
+choice adds no FFT and no second solve.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .. import execution
+from .. import validation as V
+from ..maths import parameter_choice as pc
+from . import padded, spectra
+
+__all__ = ["operator_bins", "system_dims", "check_systems", "circular_solve", "padded_solve",
+           "reg_operand", "empty"]
+
+
+def operator_bins(plan, power) -> None:
+    """The rule sums' operator half (``plan._bins``, and ``plan._prior_bins`` for
+    a non-circular boundary) from the plan's spectrum and ``|R|^2``."""
+    size = plan.fft_size
+    k2 = spectra.power(plan.spectrum.detach())
+    if plan.boundary != "circular":
+        plan._bins, plan._prior_bins = pc.padded_bins(k2, power, size,
+                                                      r2_is_laplacian=plan.reg == "laplacian")
+        return
+    weights = pc.half_spectrum_weights(size[1], device=k2.device)
+    plan._bins = pc.RuleBins(k2, power, weights, n_pix=size[0] * size[1], risk=plan.rule == "risk",
+                             size=size)
+    plan._prior_bins = None
+
+
+def system_dims(plan, image: torch.Tensor) -> int:
+    """Trailing dims of ``image`` that form one system: 2 (a plane) or 3 (a sample)."""
+    return 3 if plan.eps_per == "sample" and image.dim() >= 3 else 2
+
+
+def check_systems(plan, image: torch.Tensor) -> None:
+    """A tensor ``noise_std`` broadcasts to one value per system of ``image``."""
+    if isinstance(plan.noise_std, torch.Tensor):
+        lead = tuple(image.shape[:-system_dims(plan, image)])
+        V.broadcasts_to("noise_std", plan.noise_std, lead,
+                        f"one value per {'sample' if plan.eps_per == 'sample' else 'plane'}")
+
+
+def reg_operand(plan, eps: torch.Tensor, gdims: int) -> torch.Tensor:
+    """The solve's regulariser operand for per-system ``eps`` (shape ``image.shape[:-gdims]``)."""
+    e = eps.to(plan.dtype).reshape(*eps.shape, *([1] * gdims))
+    return e if plan._reg_power is None else e * plan._reg_power
+
+
+def choose(plan, bins: pc.RuleBins, y2: torch.Tensor, size, gdims: int) -> pc.EpsChoice:
+    """The rule's eps per system from the power ``y2`` (no gradient)."""
+    noise = plan.noise_std
+    if isinstance(noise, torch.Tensor):
+        noise = noise.detach().to(torch.float64)
+    # Small tensors: one intra-op thread (two stall at every barrier when the
+    # cores are shared, measured 8x slower under load; see execution.threads).
+    with torch.no_grad(), execution.single_threaded():
+        return pc.choose_from_bins(bins, y2.detach(), plan.rule, size=size, gdims=gdims,
+                                   noise_std=noise)
+
+
+def circular_solve(plan, image: torch.Tensor):
+    """``(x, EpsChoice)``: the circular solve of ``image`` with eps chosen per system."""
+    y = image.to(plan.dtype)
+    if plan.bias is not None:
+        y = y - plan.bias[:, None, None]
+    gdims = system_dims(plan, image)
+    out = {}
+
+    def pick(Y):
+        out["choice"] = c = choose(plan, plan._bins, spectra.power(Y), plan.image_size, gdims)
+        return reg_operand(plan, c.eps, gdims), 1.0
+
+    x = execution.deconv2d_chosen(y, plan.spectrum, plan.thresh, pick)
+    return x.to(image.dtype), out["choice"]
+
+
+def padded_solve(plan, image: torch.Tensor):
+    """``(x, EpsChoice)``: the padded fast path of ``image`` with eps chosen per system.
+
+    The rule runs on the observed region and the seam error of the fast
+    path's extension (:func:`~deconv_ext.maths.parameter_choice.choose_padded_from_bins`:
+    two FFTs of the image's size padded to the buffer), then the fused
+    pad-solve-crop op runs with the chosen eps as its regulariser operand.
+    """
+    geo = plan.geometry
+    Nh, Nw = geo.fft_size
+    mode = padded.FAST_PAD_MODE[plan.boundary]
+    gdims = system_dims(plan, image)
+    noise = plan.noise_std
+    if isinstance(noise, torch.Tensor):
+        noise = noise.detach().to(torch.float64)
+    with torch.no_grad(), execution.single_threaded():
+        chosen = pc.choose_padded_from_bins(
+            plan._bins, plan._prior_bins, image.detach(), plan.rule, fft_size=(Nh, Nw),
+            psf_size=tuple(plan.psf.shape[-2:]), mode=mode, gdims=gdims, noise_std=noise)
+    reg = reg_operand(plan, chosen.eps, gdims)
+    if not plan.taper:
+        x = execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
+                                      reg, 1.0, plan.thresh)
+        return x, chosen
+    buf = padded.taper_border(execution.pad(image, geo.top, geo.left, Nh, Nw, mode), geo,
+                              plan.taper)
+    x = execution.deconv2d(buf, plan.spectrum, reg, 1.0, plan.thresh)
+    return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype), chosen
+
+
+def empty(plan, image: torch.Tensor) -> pc.EpsChoice:
+    """The :class:`EpsChoice` of an empty batch (no system, or systems of no pixel)."""
+    lead = tuple(image.shape[:-system_dims(plan, image)])
+    dev = image.device
+    eps = torch.full(lead, pc.FALLBACK_EPS, dtype=torch.float64, device=dev)
+    return pc.EpsChoice(eps, torch.zeros(lead, dtype=torch.float64, device=dev),
+                        pc.resolve(plan.rule), None, plan.eps_per)
