@@ -9,8 +9,8 @@ other argument. Hashing a GPU tensor's bytes would copy it to the host (a
 sync per call), so there the key is the tensor object itself and its
 version counter instead: the same PSF tensor, unchanged, hits; a tensor
 changed in place, or a new one with equal values, builds a new plan. Only
-eager calls with small float PSFs and scalar hyper-parameters are cached: under autograd or ``torch.compile`` the plan
-must be built in the graph. At most ``MAX_PLANS`` plans and ``MAX_BYTES`` of
+eager calls with small float PSFs and scalar hyper-parameters are cached:
+under autograd or ``torch.compile`` the plan must be built in the graph. At most ``MAX_PLANS`` plans and ``MAX_BYTES`` of
 spectra are kept (least recently used first out); a plan larger than a
 quarter of that is never kept, so a huge image's spectrum is freed after
 its call.
