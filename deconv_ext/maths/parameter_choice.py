@@ -1167,7 +1167,8 @@ def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float):
 
 def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
                 E2: torch.Tensor, dc_power: torch.Tensor, s2: torch.Tensor, gdims: int,
-                rho: float, rtol: float = 1e-2) -> Tuple[torch.Tensor, torch.Tensor]:
+                rho: float, rtol: float = 1e-2,
+                window_scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """How much the fast path's edge error raises eps, and the risk there, per system.
 
     ``eps_E / eps_0``: the minimisers of :func:`_edge_risk` with and without
@@ -1175,7 +1176,8 @@ def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
     GCV with the Laplacian (``prior_bins``) on the windowed power ``y2w``.
     ``E2`` the seam power (:func:`seam_power`), ``dc_power`` the DC signal
     power ``N mean^2`` per plane (``E2.shape[:-2]``), ``s2`` the noise
-    variance per system (image units).
+    variance per system (image units), ``window_scale`` the window's
+    ``sum(w^2) / (Nh Nw)`` (what turns window units into image units).
 
     Returns ``(factor, risk)``, each (B,) float64: the factor (>= 1 up to the
     search's resolution) and the risk estimate at ``eps_E`` (the squared
@@ -1185,7 +1187,15 @@ def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
     eps_l = choose_from_bins(prior_bins, y2w, "gcv", size=prior_bins.size, gdims=gdims,
                              rtol=rtol).eps.reshape(-1)
     dc_q = bins.grouped_dc_q(E2.shape, gdims)
-    prior = _Prior(bins.grouped(bins.prior_w, E2.shape, gdims), s2 / eps_l, dc_q,
+    # The prior's scale is the variance GCV fitted (its residual per degree of
+    # freedom, Wahba's estimate) over eps_L, not the noise estimate: on a
+    # noise-free image the window's own error sets eps_L, and the noise
+    # variance (~1e-18) over it would call the signal 1e-12 of its power,
+    # leaving the seam term alone to choose eps.
+    sp_l, lead_l = prior_bins.spectra(y2w, gdims)
+    fit = _terms_at(sp_l, lead_l, eps_l.reshape(lead_l))
+    s2_fit = torch.maximum(s2, (fit.residual / fit.dof).reshape(-1) / window_scale)
+    prior = _Prior(bins.grouped(bins.prior_w, E2.shape, gdims), s2_fit / eps_l, dc_q,
                    dc_power.reshape(dc_q.shape))
     lo, hi = _log_range(spE, None)
     t0, _ = _minimise(lambda t: _edge_risk(spE, prior, t, s2, 0.0, bins.k2_max), lo, hi, rtol)
@@ -1258,7 +1268,7 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
     dc_power = n_buf * image.detach().to(torch.float64).mean(dim=(-2, -1)) ** 2
     E2 = seam_power(image, fft_size, margin, mode)
     factor, risk = edge_factor(bins, prior_bins, y2w, E2, dc_power, (s_img * s_img).reshape(-1),
-                               gdims, rho, rtol)
+                               gdims, rho, rtol, window_scale=scale)
     risk = risk / n_buf
     eps = inner.eps.reshape(-1) * factor.clamp(min=1.0)
     if eps_range is not None:
