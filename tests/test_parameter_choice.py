@@ -434,3 +434,19 @@ def test_estimate_noise_bad_input():
         estimate_noise(np.ones((4, 4)))
     with pytest.raises(ValueError, match="floating"):
         estimate_noise(torch.ones(4, 4, dtype=torch.int64))
+
+
+def test_identity_bins_do_not_hold_a_full_size_copy_of_the_weights(gen):
+    # A padded 2048^2 plan with reg=None held c / |R|^2 = c at every
+    # frequency (17 MB), which pushed it past the plan cache's size limit:
+    # every one-shot call rebuilt it (2 s). The identity keeps c as is.
+    k2 = torch.rand(64, 33, generator=gen, dtype=torch.float64) + 0.1
+    w = pc.half_spectrum_weights(64)
+    identity = pc.RuleBins(k2, None, w, n_pix=64 * 64, risk=True)
+    ones = pc.RuleBins(k2, torch.ones_like(k2), w, n_pix=64 * 64, risk=True)
+    assert identity.nbytes < ones.nbytes - k2.numel() * 8 // 2
+    y2 = torch.rand(3, 64, 33, generator=gen, dtype=torch.float64)
+    a, _ = identity.spectra(y2, 2, risk=True)
+    b, _ = ones.spectra(y2, 2, risk=True)
+    for name in ("wr", "wry", "wy", "wa"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-13, atol=0)

@@ -232,6 +232,7 @@ class RuleBins:
         shape = k2.shape if r2 is None else torch.broadcast_shapes(k2.shape, r2.shape)
         dev = k2.device
         k2 = k2.to(torch.float64).expand(shape)
+        r2_is_identity = r2 is None
         r2 = (torch.ones((), dtype=torch.float64, device=dev) if r2 is None
               else r2.to(torch.float64)).expand(shape)
         self.fdims, self.n_pix, self.extra_dof = fdims, float(n_pix), float(extra_dof)
@@ -265,7 +266,8 @@ class RuleBins:
         # The rule "risk" also sums c / |R|^2 (None: built on first use).
         self._wr = self._wr_bins = None
         if risk:
-            self._risk_weights(torch.where(active, r2, one))
+            # The identity's c / |R|^2 is c itself: keep it (W // 2 + 1,), not (..., *F).
+            self._risk_weights(None if r2_is_identity else torch.where(active, r2, one))
         # The damped frequencies of the spectral noise estimate.
         self._noise_idx = damped_indices(k2, dims=fdims)
         self.size = size
@@ -294,8 +296,8 @@ class RuleBins:
         planes = math.prod(shape[-gdims:-self.fdims]) if gdims > self.fdims else 1
         return self.dc_q.expand(lead).reshape(-1, planes)
 
-    def _risk_weights(self, r2: torch.Tensor) -> None:
-        self._wr = self.weights / r2
+    def _risk_weights(self, r2: Optional[torch.Tensor]) -> None:
+        self._wr = self.weights if r2 is None else self.weights / r2
         self._wr_bins = self._hist(self.idx, self._wr.expand(self.shape))
 
     @property
