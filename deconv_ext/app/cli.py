@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the known blur (same syntax as deblur --psf)")
     demo.add_argument("--noise", type=float, default=0.005,
                       help="standard deviation of the added noise, image in [0, 1]")
-    demo.add_argument("--eps", type=float, default=1e-2, help="Tikhonov weight")
+    demo.add_argument("--eps", default="auto", metavar="EPS|RULE",
+                      help="Tikhonov weight of the regularised rows, or a rule that chooses it "
+                           "per row from the blurred image (auto, gcv, discrepancy, lcurve, "
+                           "upre, risk); the eps used is printed next to the PSNR")
     demo.add_argument("--edges", choices=("cropped", "periodic"), default="cropped",
                       help="cropped: blur a larger scene and cut a window out of it, as a "
                            "camera does (no boundary model is exact; shows why the boundary "
@@ -492,7 +495,8 @@ def cmd_demo(args) -> int:
     except PSFSpecError as exc:
         raise UsageError(str(exc)) from None
     device = resolve_device(args.device)
-    run_demo(image=args.image, psf=psf, psf_name=args.psf, noise=args.noise, eps=args.eps,
+    run_demo(image=args.image, psf=psf, psf_name=args.psf, noise=args.noise,
+             eps=parse_eps(args.eps),
              edges=args.edges, seed=args.seed, out=args.out, device=device)
     return EXIT_OK
 
