@@ -9,7 +9,7 @@ from . import validation as V
 from .maths import spectral
 from .plans import DeconvPlan, cache
 from .plans.layer_spectra import opnorm, svdvals
-from .solvers import PRECONDS, conv2d_exact, deconvolve_boundary
+from .solvers import PRECONDS, conv2d_chosen, conv2d_exact, deconvolve_boundary
 
 __all__ = ["deconvolve", "convolve", "conv2d_pinv", "conv2d_svdvals", "conv2d_opnorm",
            "conv2d_cond"]
@@ -283,10 +283,10 @@ def convolve(image: torch.Tensor, psf: torch.Tensor, boundary: str = "circular",
 
 def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                 groups: int = 1, dilation=1, padding: str = "same",
-                padding_mode: str = "circular", eps: float = 0.0,
+                padding_mode: str = "circular", eps: Union[float, str] = 0.0,
                 rcond: Optional[float] = None, *, solver: Optional[str] = None,
                 tol: float = 1e-6, max_iter: Optional[int] = None, precond: str = "auto",
-                return_info: bool = False, check_finite: bool = False):
+                noise_std=None, return_info: bool = False, check_finite: bool = False):
     """Pseudo-inverse (or Tikhonov inverse) of a stride-1 ``F.conv2d`` layer.
 
     Forward model: ``output = F.conv2d(F.pad(input, pads, mode="circular"),
@@ -325,12 +325,23 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         if not converged; preconditioner;
         and ``(x, SolveInfo)`` output; multi-channel layers have one system
         per sample and no transform preconditioner).
-    eps : float >= 0
-        0 gives the Moore-Penrose pseudo-inverse; > 0 Tikhonov.
+    eps : float >= 0 or str
+        0 gives the Moore-Penrose pseudo-inverse; > 0 Tikhonov; or the name
+        of a rule that chooses a Tikhonov eps per sample (Notes): ``"gcv"``,
+        ``"discrepancy"``, ``"lcurve"``, ``"upre"``, ``"risk"``, ``"auto"``
+        (the discrepancy principle here: the identity regulariser is no
+        smoothness prior). Rules need circular ``"same"`` padding and the
+        FFT solve.
     rcond : float in [0, 1), optional
         Singular values at or below ``rcond * sigma_max`` (largest singular
         value of the whole operator) are dropped; default
-        ``10 * max(H, W) * finfo(dtype).eps``. Ignored if ``eps > 0``.
+        ``10 * max(H, W) * finfo(dtype).eps``. Ignored if ``eps > 0`` or a rule.
+    noise_std : float > 0 or Tensor, optional, keyword-only
+        With a rule that uses a noise level (``"discrepancy"``, ``"upre"``,
+        ``"risk"``, ``"auto"``): the standard deviation of the white noise on
+        ``output``, a float or one value per sample (shape ``(N,)``); None
+        estimates it from each sample (the median power of the components
+        of the smallest singular values).
 
     Returns
     -------
@@ -348,6 +359,28 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``||conv(x) - y||^2 + eps ||x||^2``. Depthwise layers are solved
     element-wise; other layers by :class:`deconv_ext.LayerPlan`
     (memory rule and fused C++ channel mixing documented there).
+
+    **Choosing eps.** With ``K(w) = U diag(s) V^H`` per frequency and
+    ``z = U^H Y(w)``, the influence matrix ``A A_eps^+`` of the whole
+    operator has the eigenvalues ``s_i^2 / (s_i^2 + eps)``, so GCV [1]_,
+    ``N ||(I - A A_eps^+) y||^2 / trace(I - A A_eps^+)^2`` with
+    ``N = C_out H W``, is in closed form:
+    ``||(I - A A_eps^+) y||^2 = sum_w c(w) [sum_i (eps / (s_i^2 + eps))^2
+    |z_i|^2 + ||P_perp Y(w)||^2] / (H W)`` (``P_perp Y``: the part of the
+    data outside ``range(K(w))``, when ``C_out`` exceeds the rank) and
+    ``trace(I - A A_eps^+) = sum_w c(w) [C_out - sum_i s_i^2 / (s_i^2 + eps)]``,
+    exact on the half spectrum with the mirrored columns weighted
+    (``c(w) = 2``; 1 for the columns 0 and, even ``W``, ``W / 2``). The other
+    rules use the same sums (:mod:`deconv_ext.maths.parameter_choice`). Each
+    sample gets its own eps; with ``return_info=True`` the
+    :class:`~deconv_ext.SolveInfo` holds ``eps``, ``objective``, ``rule``
+    and ``noise_std`` per sample (and the direct solve's residual).
+
+    References
+    ----------
+    .. [1] G. H. Golub, M. Heath, G. Wahba, "Generalized cross-validation as a
+       method for choosing a good ridge parameter", Technometrics 21(2),
+       215-223, 1979.
     """
     if check_finite:
         V.finite("output", output)
@@ -365,7 +398,8 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         raise ValueError(f"output has {output.shape[-3]} channels but weight has C_out="
                          f"{layer.c_out}; expected them equal")
     V.same_device("weight", weight, "output", output)
-    eps = V.scalar_eps(eps)
+    eps = V.layer_eps(eps)
+    noise_std = V.layer_rule_args(eps, noise_std)
     V.rcond(rcond)
     if solver is not None:
         V.choice("solver", solver, ("fft", "cg"))
@@ -373,6 +407,16 @@ def conv2d_pinv(output: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     V.max_iter(max_iter)
     V.choice("precond", precond, PRECONDS)
     circular = padding == "same" and padding_mode == "circular"
+    if isinstance(eps, str):
+        V.rule_solver(eps, "fft" if solver is None else solver)
+        if not circular:
+            raise ValueError(f"eps={eps!r} chooses eps on the per-frequency singular values of "
+                             f"a circular 'same' layer; got padding={padding!r}, "
+                             f"padding_mode={padding_mode!r} (pass a float eps there)")
+        if isinstance(noise_std, torch.Tensor):
+            V.broadcasts_to("noise_std", noise_std, tuple(output.shape[:-3]),
+                            "one value per sample")
+        return conv2d_chosen(output, layer, eps, rcond, noise_std, return_info)
     if padding == "valid" and solver == "fft":
         raise ValueError("padding='valid' has no FFT solve; use solver='cg'")
     if solver == "fft" and not circular and (padding == "valid" or not layer.depthwise):

@@ -387,6 +387,22 @@ def scalar_eps(value, name: str = "eps") -> float:
     return eps(value, (1, 1), name)
 
 
+def layer_eps(value, name: str = "eps"):
+    """:func:`scalar_eps`, or the name of a parameter-choice rule (:data:`EPS_RULES`)."""
+    if isinstance(value, str):
+        return eps_or_rule(value, (1, 1), name)
+    return scalar_eps(value, name)
+
+
+def layer_rule_args(eps_value, noise_std):
+    """``noise_std`` of a layer's solve, checked as :func:`eps_rule_args` checks it.
+
+    A layer's rule is a Tikhonov solve with one eps per sample, so the rule
+    arguments are those of ``deconvolve(..., method="tikhonov", eps_per="sample")``.
+    """
+    return eps_rule_args(eps_value, "tikhonov", noise_std, "sample")[0]
+
+
 def conv_layer(weight, groups_, dilation, bias, size: Optional[Tuple[int, int]] = None) -> Layer:
     """Check a conv layer ``(weight, groups, dilation, bias)``, and that its dilated
     kernel fits in ``size`` (H, W) when given.

@@ -39,7 +39,8 @@ from .image_io import (DEFAULT_MAX_PIXELS, EXTENSIONS, ZARR_EXTENSION, ImageErro
                        count_nonfinite, from_unit_float, is_image_path, is_zarr_path,
                        path_problem, read_image, to_unit_float, write_image)
 from .info import describe, format_info
-from .options import boundary_problem, resolve_device, solver_kwargs
+from .options import (boundary_problem, format_eps, parse_eps, parse_noise_std, resolve_device,
+                      rule_problem, solver_kwargs)
 from .psf_spec import SPEC_HELP, PSFSpecError, parse_spec
 from .tiled import (check_finite_input, check_psf_fits, deblur_tiled, deblur_zarr, nonfinite_result,
                     parse_overlap, parse_tile, tiled_problem, tiled_solve, zarr_problem)
@@ -70,9 +71,16 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="tikhonov",
                    help="tikhonov: conj(K) Y / (|K|^2 + eps |R|^2); pinv: the Moore-Penrose "
                         "pseudo-inverse Y / K where |K| > rcond * max|K|")
-    p.add_argument("--eps", type=float, default=1e-2,
+    p.add_argument("--eps", default="0.01", metavar="EPS|RULE",
                    help="regularisation weight (about the noise-to-signal power ratio; larger = "
-                        "smoother, less noise)")
+                        "smoother, less noise), or a rule that chooses it per image plane and "
+                        "prints it: auto (gcv with --reg laplacian, else discrepancy), gcv "
+                        "(generalised cross-validation), discrepancy (residual = noise level), "
+                        "lcurve, upre, risk; rules need the whole image (not --tile or .zarr)")
+    p.add_argument("--noise-std", default=None, metavar="SIGMA",
+                   help="with --eps discrepancy, upre, risk or auto: the noise's standard "
+                        "deviation on the [0, 1] pixel scale (default: estimated from each "
+                        "image)")
     p.add_argument("--reg", choices=("none", "laplacian"), default="none",
                    help="regulariser R: identity, or the 3x3 Laplacian (penalises roughness; "
                         "same filter as skimage.restoration.wiener)")
@@ -124,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the known blur (same syntax as deblur --psf)")
     demo.add_argument("--noise", type=float, default=0.005,
                       help="standard deviation of the added noise, image in [0, 1]")
-    demo.add_argument("--eps", type=float, default=1e-2, help="Tikhonov weight")
+    demo.add_argument("--eps", default="auto", metavar="EPS|RULE",
+                      help="Tikhonov weight of the regularised rows, or a rule that chooses it "
+                           "per row from the blurred image (auto, gcv, discrepancy, lcurve, "
+                           "upre, risk); the eps used is printed next to the PSNR")
     demo.add_argument("--edges", choices=("cropped", "periodic"), default="cropped",
                       help="cropped: blur a larger scene and cut a window out of it, as a "
                            "camera does (no boundary model is exact; shows why the boundary "
@@ -313,11 +324,13 @@ def plan_outputs(jobs: List[Job], output: str, fmt: Optional[str], suffix: str) 
 
 
 def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: dict,
-                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Optional[str]:
     """Read ``src``, deconvolve every colour plane, write ``dst`` atomically.
 
     Images with NaN or infinite pixels are refused, and so is a result that
-    has any (nothing is written).
+    has any (nothing is written). With ``eps`` a rule, returns what it chose
+    (:func:`~deconv_ext.app.options.format_eps`: one eps per colour plane),
+    else None.
 
     Raises ImageError / ValueError with a one-line message on failure.
     """
@@ -326,12 +339,16 @@ def deblur_file(src: str, dst: str, psf, device, out_dtype: str, solve_kwargs: d
     check_finite_input(src, arr)
     planes, alpha = to_unit_float(arr)
     y = torch.from_numpy(planes).to(device)
-    x = deconvolve(y, psf.to(device=device, dtype=y.dtype), **solve_kwargs).cpu().numpy()
+    rule = isinstance(solve_kwargs.get("eps"), str)
+    out = deconvolve(y, psf.to(device=device, dtype=y.dtype), return_info=rule, **solve_kwargs)
+    x, info = out if rule else (out, None)
+    x = x.cpu().numpy()
     bad = count_nonfinite(x)
     if bad:
         raise nonfinite_result(src, bad, x.size)
     dtype = arr.dtype if out_dtype == "keep" else np.dtype(out_dtype)
     write_image(dst, from_unit_float(x, dtype, alpha))
+    return format_eps(info.rule, info.eps) if rule else None
 
 
 @dataclass
@@ -360,6 +377,13 @@ def _tiling(args, jobs: List[Job]) -> Tiling:
                          f".zarr input)")
     if any_tiled:
         what = "--tile" if tile is not None else "a .zarr input"
+        if isinstance(args.eps, str):
+            # A rule's sums run over the whole spectrum of one image, which a
+            # tiled solve never holds; a tile's own choice would differ from
+            # its neighbours' and print seams.
+            raise UsageError(f"--eps {args.eps} needs the whole image; pass a number with "
+                             f"{what} (e.g. the eps that --eps {args.eps} prints for an "
+                             f"untiled crop of the image)")
         if args.boundary == "circular":
             raise UsageError(f"--boundary circular has no meaning with {what}: a tile has no "
                              f"periodic neighbour; expected reflect, symmetric, replicate or "
@@ -372,8 +396,11 @@ def _tiling(args, jobs: List[Job]) -> Tiling:
     return Tiling(tile, overlap, tiled_boundary, any_tiled, any_untiled)
 
 
-def _run_job(job: Job, psf, device, args, solve: dict, tiling: Tiling, progress: bool) -> None:
-    """Restore one input the way its kind asks: in memory, tile by tile, or Zarr via Dask."""
+def _run_job(job: Job, psf, device, args, solve: dict, tiling: Tiling,
+             progress: bool) -> Optional[str]:
+    """Restore one input the way its kind asks: in memory, tile by tile, or Zarr via Dask.
+
+    Returns the eps a rule chose (in memory only), else None."""
     if is_zarr_path(job.src) or tiling.tile is not None:
         kwargs = tiled_solve(solve, tiling.boundary)
         if is_zarr_path(job.src):
@@ -383,7 +410,9 @@ def _run_job(job: Job, psf, device, args, solve: dict, tiling: Tiling, progress:
             deblur_tiled(job.src, job.dst, psf.to(device), args.out_dtype, kwargs, tiling.tile,
                          tiling.overlap, args.max_pixels or None, progress)
     else:
-        deblur_file(job.src, job.dst, psf, device, args.out_dtype, solve, args.max_pixels or None)
+        return deblur_file(job.src, job.dst, psf, device, args.out_dtype, solve,
+                           args.max_pixels or None)
+    return None
 
 
 def cmd_deblur(args) -> int:
@@ -396,8 +425,11 @@ def cmd_deblur(args) -> int:
         psf = parse_spec(args.psf)
     except PSFSpecError as exc:
         raise UsageError(str(exc)) from None
-    if args.eps < 0 or args.eps != args.eps:
-        raise UsageError(f"--eps {args.eps!r}: expected a number >= 0")
+    args.eps = parse_eps(args.eps)
+    args.noise_std = parse_noise_std(args.noise_std)
+    reason = rule_problem(args.eps, args.method, args.solver, args.noise_std)
+    if reason:
+        raise UsageError(f"--eps {args.eps}: {reason}")
     jobs = _expand_inputs(args.inputs)
     tiling = _tiling(args, jobs)
     reason = boundary_problem(args.boundary, args.solver, psf) if tiling.any_untiled else None
@@ -406,6 +438,8 @@ def cmd_deblur(args) -> int:
         raise UsageError(f"{what} --psf {args.psf}: {reason}")
     solve = dict(eps=args.eps, method=args.method, reg=None if args.reg == "none" else args.reg,
                  rcond=args.rcond, **solver_kwargs(args.boundary, args.solver))
+    if args.noise_std is not None:
+        solve["noise_std"] = args.noise_std
     if tiling.any_tiled:
         reason = tiled_problem(psf, tiled_solve(solve, tiling.boundary), tiling.tile,
                                tiling.overlap)
@@ -424,9 +458,11 @@ def cmd_deblur(args) -> int:
                disable=None if args.progress is None else not args.progress)
     for job in bar:
         problem = job.problem
+        chosen = None
         if problem is None:
             try:
-                _run_job(job, psf, device, args, solve, tiling, progress=not bar.disable)
+                chosen = _run_job(job, psf, device, args, solve, tiling,
+                                  progress=not bar.disable)
             except (ImageError, ValueError, TypeError, NotImplementedError, OSError,
                     RuntimeError, MemoryError) as exc:
                 # One bad image must not stop the batch; the library's and the
@@ -439,7 +475,8 @@ def cmd_deblur(args) -> int:
             failures.append(job.src)
             error(problem, write=lambda s: tqdm.write(s, file=sys.stderr))
         elif not args.quiet:
-            tqdm.write(f"{job.src} -> {job.dst}", file=sys.stdout)
+            tqdm.write(f"{job.src} -> {job.dst}" + (f"  {chosen}" if chosen else ""),
+                       file=sys.stdout)
     done = len(jobs) - len(failures)
     if failures and len(jobs) > 1:
         error(f"{len(failures)} of {len(jobs)} inputs failed: {', '.join(failures)}")
@@ -458,7 +495,8 @@ def cmd_demo(args) -> int:
     except PSFSpecError as exc:
         raise UsageError(str(exc)) from None
     device = resolve_device(args.device)
-    run_demo(image=args.image, psf=psf, psf_name=args.psf, noise=args.noise, eps=args.eps,
+    run_demo(image=args.image, psf=psf, psf_name=args.psf, noise=args.noise,
+             eps=parse_eps(args.eps),
              edges=args.edges, seed=args.seed, out=args.out, device=device)
     return EXIT_OK
 

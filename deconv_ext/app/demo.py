@@ -5,13 +5,18 @@ no network. The blur is the library's own circular model (``edges=
 "periodic"``, which the circular solver inverts exactly) or a window cut out
 of a larger blurred scene (``edges="cropped"``, what a camera records: no
 boundary model is exact there, and the circular one rings at the edges).
+
+eps defaults to ``"auto"``: every regularised row chooses its own eps from
+the blurred image (the rule that ``deconvolve(eps="auto")`` runs) and the
+table prints it next to the PSNR. The exact solvers (``dct``, ``cg``) take no
+rule: they get the eps the fast solve's rule chooses for the same boundary.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -35,6 +40,7 @@ class Result:
     ssim: float = float("nan")
     ms: float = float("nan")
     note: str = ""
+    eps: str = ""
 
 
 def load_image(name: str) -> np.ndarray:
@@ -84,7 +90,7 @@ def _blur(sharp: torch.Tensor, psf: torch.Tensor, edges: str):
     return sharp[crop].contiguous(), torch.from_numpy(blurred[crop]).to(sharp.dtype)
 
 
-def _configs(eps: float, psf: torch.Tensor):
+def _configs(eps: Union[float, str], psf: torch.Tensor):
     """(label, deconvolve kwargs) of each restoration shown."""
     rows = [("tikhonov", dict(eps=eps)),
             ("laplacian", dict(eps=eps, reg="laplacian")),
@@ -112,43 +118,66 @@ def _time_ms(fn, repeats: int = 3) -> float:
     return best * 1e3
 
 
+def _eps_text(eps) -> str:
+    """One eps per plane as the table shows it: ``1.2e-03``, or ``min-max`` over planes."""
+    v = [float(e) for e in torch.as_tensor(eps).reshape(-1)]
+    lo, hi = min(v), max(v)
+    return f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}"
+
+
+def _chosen_for_exact(blurred: torch.Tensor, psf: torch.Tensor, kw: dict) -> dict:
+    """An exact solver's kwargs with a rule replaced by the eps the fast solve's rule
+    chooses for the same boundary (one eps for all planes: the exact solvers take a float)."""
+    if not isinstance(kw.get("eps"), str) or kw.get("solver") in (None, "fft"):
+        return kw
+    _, info = deconvolve(blurred, psf, **{**kw, "solver": "fft"}, eps_per="sample",
+                         return_info=True)
+    return {**kw, "eps": float(info.eps.reshape(-1)[0])}
+
+
 def restore_all(blurred: torch.Tensor, truth: np.ndarray, psf: torch.Tensor,
-                eps: float) -> List[Result]:
+                eps: Union[float, str]) -> List[Result]:
     """Run every restoration on ``blurred``; one Result per row of the table."""
     configs = _configs(eps, psf.cpu())
     results = []
     for label, kw in configs:
-        def once(kw=kw):
-            out = deconvolve(blurred, psf, **kw)
-            if blurred.is_cuda:  # time the work, not the launch
-                torch.cuda.synchronize()
-            return out
-
         try:
+            kw = _chosen_for_exact(blurred, psf, kw)
+            rule = isinstance(kw.get("eps"), str)
+
+            def once(kw=kw, rule=rule):
+                out = deconvolve(blurred, psf, return_info=rule, **kw)
+                if blurred.is_cuda:  # time the work, not the launch
+                    torch.cuda.synchronize()
+                return out
+
             t0 = time.perf_counter()
-            x = once()
+            out = once()
             first = (time.perf_counter() - t0) * 1e3
         except (NotImplementedError, ValueError) as exc:  # a boundary may refuse this PSF
             results.append(Result(label, None, note=" ".join(str(exc).split())[:60]))
             continue
+        x, info = out if rule else (out, None)
+        shown = (_eps_text(info.eps) if rule
+                 else "" if "eps" not in kw else _eps_text(kw["eps"]))
         # Repeat only the quick ones (best of a few hides one-off costs); an
         # iterative solve that takes seconds is timed once.
         ms = first if first > 200 else min(first, _time_ms(once))
         x = x.cpu().numpy()
-        results.append(Result(label, x, psnr(x, truth), ssim(x, truth), ms))
+        results.append(Result(label, x, psnr(x, truth), ssim(x, truth), ms, eps=shown))
     return results
 
 
 def format_table(blurred_row: Result, results: List[Result]) -> str:
     """The printed table: one row per restoration."""
-    lines = [f"{'method':<30} {'PSNR dB':>8} {'SSIM':>6} {'time ms':>8}", "-" * 56]
+    lines = [f"{'method':<30} {'PSNR dB':>8} {'eps':>15} {'SSIM':>6} {'time ms':>8}", "-" * 72]
     for r in [blurred_row] + results:
         if r.restored is None and r.note:
-            lines.append(f"{r.label:<30} {'-':>8} {'-':>6} {'-':>8}  ({r.note})")
+            lines.append(f"{r.label:<30} {'-':>8} {'-':>15} {'-':>6} {'-':>8}  ({r.note})")
             continue
         ms = "" if np.isnan(r.ms) else f"{r.ms:8.1f}"
         s = "   n/a" if np.isnan(r.ssim) else f"{r.ssim:6.3f}"
-        lines.append(f"{r.label:<30} {r.psnr:8.2f} {s} {ms:>8}")
+        lines.append(f"{r.label:<30} {r.psnr:8.2f} {r.eps or '-':>15} {s} {ms:>8}")
     return "\n".join(lines)
 
 
@@ -173,7 +202,8 @@ def save_figure(path: str, truth: np.ndarray, blurred_row: Result, results: List
         top, bottom = axes[0, j], axes[1, j]
         gray = r.restored.shape[0] == 1
         top.imshow(_display(r.restored), cmap="gray" if gray else None, vmin=0, vmax=1)
-        sub = "" if np.isinf(r.psnr) else f"\n{r.psnr:.1f} dB"
+        sub = "" if np.isinf(r.psnr) else f"\n{r.psnr:.1f} dB" + (f", eps {r.eps}" if r.eps
+                                                                   else "")
         top.set_title(r.label + sub, fontsize=9)
         if j == 0:  # no error to show for the truth: show the PSF instead
             bottom.imshow(psf_img, cmap="gray")
@@ -202,7 +232,8 @@ def save_figure(path: str, truth: np.ndarray, blurred_row: Result, results: List
 
 
 def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name: str = "",
-             noise: float = 0.005, eps: float = 1e-2, edges: str = "cropped", seed: int = 0,
+             noise: float = 0.005, eps: Union[float, str] = "auto", edges: str = "cropped",
+             seed: int = 0,
              out: str = "out/deconv_ext_demo.png", device=None, verbose: bool = True):
     """Blur ``image`` with ``psf`` plus noise, restore it every way, print and plot.
 
@@ -215,8 +246,9 @@ def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name
         How to name the PSF in the printed header and figure title.
     noise : float
         Standard deviation of the Gaussian noise added to the [0, 1] image.
-    eps : float
-        Tikhonov weight of the regularised rows.
+    eps : float or str
+        Tikhonov weight of the regularised rows, or a rule that chooses it
+        per row and plane (default ``"auto"``; printed next to the PSNR).
     edges : {"periodic", "cropped"}
         The observation model (see the module docstring).
     seed : int
@@ -246,7 +278,7 @@ def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name
     blurred_row = Result("blurred + noise", b_np, psnr(b_np, truth_np), ssim(b_np, truth_np))
     results = restore_all(blurred.to(device), truth_np, psf.to(device), eps)
     header = (f"deconv_ext demo: {image} {tuple(truth.shape)}, psf {psf_name} "
-              f"{tuple(psf.shape)}, noise sigma {noise:g}, {edges} edges, eps {eps:g}, "
+              f"{tuple(psf.shape)}, noise sigma {noise:g}, {edges} edges, eps {eps}, "
               f"device {device}")
     if verbose:
         print(header)

@@ -1,14 +1,20 @@
-"""Options shared by the commands: the device, and the solve's keyword arguments."""
+"""Options shared by the commands: the device, eps, and the solve's keyword arguments."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Union
 
 import torch
 
+from .. import validation as V
 from ..functional import deconvolve
 from .errors import UsageError
 
-__all__ = ["resolve_device", "solver_kwargs", "boundary_problem"]
+__all__ = ["resolve_device", "parse_eps", "parse_noise_std", "rule_problem", "solver_kwargs", "boundary_problem",
+           "format_eps"]
+
+#: What ``--eps`` accepts besides a number: the library's parameter-choice rules.
+EPS_CHOICES = V.EPS_RULES
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,6 +31,65 @@ def resolve_device(name: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name!r} is not supported; expected cpu or cuda")
     return dev
+
+
+def parse_eps(text: Union[str, float]) -> Union[float, str]:
+    """``--eps``: a number >= 0, or the name of a rule that chooses eps per image.
+
+    UsageError (one line, listing the valid choices) for anything else:
+    NaN, infinity, a negative number, an unknown name.
+    """
+    word = str(text).strip().lower()
+    if word in EPS_CHOICES:
+        return word
+    expected = (f"expected a number >= 0 or a rule that chooses eps per image: "
+                f"{', '.join(EPS_CHOICES)}")
+    try:
+        value = float(word)
+    except ValueError:
+        raise UsageError(f"--eps {text!r}: {expected}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"--eps {text!r}: {expected}")
+    return value
+
+
+def parse_noise_std(text: Optional[str]) -> Optional[float]:
+    """``--noise-std``: None, or a finite number > 0 (UsageError otherwise)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--noise-std {text!r}: expected the noise's standard deviation, a "
+                         f"number > 0 on the [0, 1] pixel scale")
+    return value
+
+
+def rule_problem(eps: Union[float, str], method: str, solver: Optional[str],
+                 noise_std: Optional[float]) -> Optional[str]:
+    """None if ``deconvolve`` takes this eps with this method, solver and --noise-std, else
+    its reason in the command line's words (the library's rules:
+    ``validation.eps_rule_args`` and ``validation.rule_solver``)."""
+    if not isinstance(eps, str):
+        if noise_std is not None:
+            return (f"--noise-std is the noise level a rule uses; it needs --eps one of "
+                    f"{', '.join(EPS_CHOICES)}")
+        return None
+    if method == "pinv":
+        return "a rule chooses a Tikhonov weight, and --method pinv has none; use --method tikhonov"
+    if solver not in (None, "fft"):
+        return (f"a rule chooses eps on the spectrum of the FFT solve, which --solver {solver} "
+                f"does not have; run with --solver fft (it prints the eps chosen) and pass "
+                f"that number to --solver {solver}")
+    return None
+
+
+def format_eps(rule: str, eps) -> str:
+    """``eps=1.2e-03 (gcv)``, or one value per colour plane: ``eps=1.2e-03,9.8e-04 (gcv)``."""
+    values = [float(v) for v in torch.as_tensor(eps).reshape(-1)]
+    return f"eps={','.join(f'{v:.3g}' for v in values)} ({rule})"
 
 
 def solver_kwargs(boundary: str, solver: Optional[str]) -> dict:

@@ -114,6 +114,10 @@ __all__ = [
     "choose_eps",
     "svd_power",
     "choose_eps_svd",
+    "svd_bins",
+    "svd_spectra",
+    "choose_svd_from_bins",
+    "rule_objective_svd",
     "tukey_window",
     "default_taper",
     "window_power",
@@ -785,15 +789,6 @@ def _annihilates(k2: torch.Tensor, r2: Optional[torch.Tensor]) -> bool:
     return bool(((r2 == 0) & (k2 > 0)).any())
 
 
-class _Identity:
-    """What :func:`resolve` needs to know of the identity regulariser's bins."""
-
-    smoothness_prior = False
-
-
-_IDENTITY = _Identity()
-
-
 def resolve(rule: str, bins: Optional["RuleBins"] = None) -> str:
     """The rule that ``rule`` runs: "auto" is "gcv" for a regulariser that
     annihilates what the blur keeps (the Laplacian's constants: a smoothness
@@ -809,7 +804,8 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
                      tau: float = 1.0, rtol: float = 1e-2,
                      eps_range: Optional[Tuple[float, float]] = None,
                      fallback_eps: float = FALLBACK_EPS,
-                     res_extra: Optional[torch.Tensor] = None) -> EpsChoice:
+                     res_extra: Optional[torch.Tensor] = None,
+                     exact: Optional["_Spectra"] = None) -> EpsChoice:
     """Choose eps per system from the power ``y2`` with an operator binned once.
 
     What the plans call on every solve: the arguments are checked by the
@@ -817,11 +813,15 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
     *F) as :meth:`RuleBins.spectra`, ``gdims`` its trailing dims per system,
     ``noise_std`` a float or a Tensor broadcastable to the systems' shape
     (None: :meth:`RuleBins.noise_std`, for the rules that need it).
+    ``exact``: the same sums unbinned (one row per system), when the caller
+    has them: the objective is then returned from them, and a problem with
+    fewer entries than bins is searched on them (:func:`_search`).
     """
     rule = resolve(rule, bins)
     fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk")
     s2 = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2, gdims, size), y2.device)
-    eps, obj = _finish(*_search(fine, rule, s2, tau, eps_range, rtol), lead, rule, fallback_eps)
+    eps, obj = _finish(*_search(fine, rule, s2, tau, eps_range, rtol, exact=exact), lead, rule,
+                       fallback_eps)
     sigma = None if s2 is None else s2.sqrt().reshape(lead)
     per = "plane" if gdims == bins.fdims else "sample"
     return EpsChoice(eps, obj, rule, sigma, per)
@@ -954,17 +954,84 @@ def svd_power(K: torch.Tensor, Y: torch.Tensor):
     -------
     s2 : Tensor (..., H, W // 2 + 1, k), float64, ``k = min(M, N)``
     y2_proj : Tensor (..., H, W // 2 + 1, k), float64, ``|U^H Y|^2``
-    y2_perp : Tensor (..., H, W // 2 + 1), float64, ``||Y||^2 - sum |U^H Y|^2``
-        (clamped at 0): the part of the data outside the range of ``K(w)``,
-        which no eps fits.
+    y2_perp : Tensor (..., H, W // 2 + 1), float64, ``||Y - U U^H Y||^2``:
+        the power of the data outside the range of ``K(w)``, which no eps
+        fits (0 when ``M <= N``).
     """
     U, S, _ = torch.linalg.svd(K.to(torch.complex128), full_matrices=False)
     Ym = Y.to(torch.complex128).movedim(-3, -1).unsqueeze(-1)      # (..., H, Wf, M, 1)
-    P = (U.mH @ Ym).squeeze(-1)                                      # (..., H, Wf, k)
-    y2_proj = P.real ** 2 + P.imag ** 2
-    total = (Ym.squeeze(-1).abs() ** 2).sum(-1)
-    y2_perp = (total - y2_proj.sum(-1)).clamp(min=0)
+    P = U.mH @ Ym                                                    # (..., H, Wf, k, 1)
+    y2_proj = P.squeeze(-1).real ** 2 + P.squeeze(-1).imag ** 2
+    if U.shape[-1] == U.shape[-2]:
+        # U spans everything: no out-of-range part (||Y||^2 - ||P||^2 would leave rounding).
+        y2_perp = torch.zeros(y2_proj.shape[:-1], dtype=torch.float64, device=y2_proj.device)
+    else:
+        # The residual itself, not ||Y||^2 - ||P||^2: no cancellation when it is small.
+        R = (Ym - U @ P).squeeze(-1)
+        y2_perp = (R.real ** 2 + R.imag ** 2).sum(-1)
     return S.to(torch.float64) ** 2, y2_proj, y2_perp
+
+
+def svd_bins(s2: torch.Tensor, size: Tuple[int, int], n_out: int) -> RuleBins:
+    """The operator's half of the rule sums of a multi-channel layer, binned once.
+
+    ``s2`` (..., H, W // 2 + 1, k): the squared singular values of every
+    ``K(w)`` on the half spectrum (several groups: their ``k`` axes
+    concatenated), ``n_out`` the output channels (all groups). The ``n_out -
+    k`` output directions per frequency outside every ``range(K(w))`` are
+    residual dimensions that no eps changes (``extra_dof``).
+    """
+    H, W = size
+    k = s2.shape[-1]
+    return RuleBins(s2, None, half_spectrum_weights(W, device=s2.device)[:, None], n_pix=H * W,
+                    fdims=3, extra_dof=float((n_out - k) * H * W), size=(H, W))
+
+
+def svd_spectra(s2: torch.Tensor, y2_proj: torch.Tensor, size: Tuple[int, int], n_out: int,
+                y2_perp: Optional[torch.Tensor] = None) -> Tuple["_Spectra", torch.Tensor]:
+    """The unbinned rule sums of a multi-channel layer, one row per sample.
+
+    Shapes as :func:`choose_eps_svd`. Returns the sums and the out-of-range
+    residual per sample, ``sum_w c(w) ||P_perp Y(w)||^2 / (H W)`` (B,), which
+    :meth:`RuleBins.spectra` takes as ``res_extra``.
+    """
+    H, W = size
+    k = y2_proj.shape[-1]
+    lead = y2_proj.shape[:-3]
+    B = int(torch.Size(lead).numel())
+    s2b = s2.to(torch.float64).expand_as(y2_proj).reshape(B, -1)
+    y2b = y2_proj.to(torch.float64).reshape(B, -1)
+    wcol = half_spectrum_weights(W, device=y2_proj.device)
+    w = wcol[:, None].expand(H, W // 2 + 1, k).reshape(-1)
+    if y2_perp is None:
+        extra = torch.zeros(B, dtype=torch.float64, device=y2b.device)
+    else:
+        extra = (y2_perp.to(torch.float64).expand(*lead, H, W // 2 + 1).reshape(B, -1, W // 2 + 1)
+                 @ wcol).sum(-1) / (H * W)
+    sp = _compress(s2b, torch.ones_like(s2b), y2b, w, H * W, n_out * H * W,
+                   float((n_out - k) * H * W), extra)
+    return sp, extra
+
+
+def choose_svd_from_bins(bins: RuleBins, s2: torch.Tensor, y2_proj: torch.Tensor, rule: str, *,
+                         size: Tuple[int, int], n_out: int,
+                         y2_perp: Optional[torch.Tensor] = None,
+                         noise_std: Union[None, float, torch.Tensor] = None, tau: float = 1.0,
+                         rtol: float = 1e-2, eps_range: Optional[Tuple[float, float]] = None,
+                         fallback_eps: float = FALLBACK_EPS) -> EpsChoice:
+    """:func:`choose_eps_svd` with the operator binned once (:func:`svd_bins`).
+
+    What :class:`~deconv_ext.LayerPlan` calls on every solve (arguments
+    checked by the caller). The search runs on the bins (on the exact sums
+    for a problem with fewer entries than bins); the objective returned is
+    the exact one at the chosen eps. One system per sample: the result has
+    shape ``y2_proj.shape[:-3]``.
+    """
+    sp, extra = svd_spectra(s2, y2_proj, size, n_out, y2_perp)
+    c = choose_from_bins(bins, y2_proj, rule, size=size, gdims=3, noise_std=noise_std, tau=tau,
+                         rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps,
+                         res_extra=extra, exact=sp)
+    return c._replace(per="sample")
 
 
 def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", *,
@@ -974,11 +1041,23 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
                    fallback_eps: float = FALLBACK_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Choose eps for a multi-channel layer ``(K^H K + eps I)^-1 K^H`` per sample.
 
-    With ``K(w) = U diag(s) V^H`` per frequency, the influence matrix is
-    ``U diag(s^2 / (s^2 + eps)) U^H``: its trace is ``sum_w sum_k f_k`` and the
-    residual is ``sum_w (sum_k g_k^2 |U^H Y|_k^2 + ||P_perp Y||^2) / (H W)``;
-    ``N = n_out H W`` observations. The rules are :func:`choose_eps`'s with
-    ``|K|^2 -> s^2`` and ``|R|^2 = 1``.
+    With ``K(w) = U diag(s) V^H`` per frequency and ``z = U^H Y(w)``, the
+    influence matrix ``A A_eps^+`` is ``U diag(s^2 / (s^2 + eps)) U^H`` per
+    frequency, so
+
+    * ``trace(I - A A_eps^+) = sum_w c(w) [n_out - sum_i s_i^2 / (s_i^2 + eps)]``,
+    * ``||(I - A A_eps^+) y||^2 = sum_w c(w) [sum_i (eps / (s_i^2 + eps))^2
+      |z_i|^2 + ||P_perp Y(w)||^2] / (H W)`` (Parseval),
+
+    with ``P_perp`` the projection onto the complement of ``range(K(w))``
+    (nonzero when ``n_out > k``) and ``c(w)`` the half-spectrum weights (1
+    for the self-mirrored columns 0 and, even ``W``, ``W / 2``; 2 for the
+    others, which also stand for their mirror ``-w``, ``K(-w) =
+    conj(K(w))``): exact on the half spectrum. ``N = n_out H W``
+    observations; GCV (Golub, Heath & Wahba 1979) minimises
+    ``N ||(I - A A_eps^+) y||^2 / trace(I - A A_eps^+)^2``. Every rule is
+    :func:`choose_eps`'s with ``|K|^2 -> s^2`` and ``|R|^2 = 1``; "auto" is
+    the discrepancy principle (the identity is no smoothness prior).
 
     Parameters
     ----------
@@ -995,7 +1074,6 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
     """
     _check_common(rule, "sample", tau, rtol, eps_range, fallback_eps)
     noise_std = _check_positive("noise_std", noise_std)
-    rule = resolve(rule, _IDENTITY)
     s2 = _check_power("s2", s2)
     y2_proj = _check_power("y2_proj", y2_proj)
     H, W = _check_size(size)
@@ -1008,31 +1086,43 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
     if k > n_out:
         raise ValueError(f"y2_proj has k={k} singular values per frequency, more than "
                          f"n_out={n_out}")
-    lead = y2_proj.shape[:-3]
-    B = int(torch.Size(lead).numel())
-    s2b = s2.to(torch.float64).expand_as(y2_proj).reshape(B, -1)
-    y2b = y2_proj.to(torch.float64).reshape(B, -1)
-    wcol = half_spectrum_weights(W, device=y2_proj.device)
-    w = wcol[:, None].expand(H, W // 2 + 1, k).reshape(-1)
-    if y2_perp is None:
-        extra = torch.zeros(B, dtype=torch.float64, device=y2b.device)
-    else:
+    if y2_perp is not None:
         y2_perp = _check_power("y2_perp", y2_perp)
-        extra = (y2_perp.to(torch.float64).expand(*lead, H, W // 2 + 1).reshape(B, -1, W // 2 + 1)
-                 @ wcol).sum(-1) / (H * W)
-    sp = _compress(s2b, torch.ones_like(s2b), y2b, w, H * W, n_out * H * W,
-                   float((n_out - k) * H * W), extra)
-    bins = RuleBins(s2, None, wcol[:, None], n_pix=H * W, fdims=3,
-                    extra_dof=float((n_out - k) * H * W))
-    fine, _ = bins.spectra(y2_proj, 3, res_extra=extra, risk=rule == "risk")
+    c = choose_svd_from_bins(svd_bins(s2, (H, W), int(n_out)), s2, y2_proj, rule, size=(H, W),
+                             n_out=int(n_out), y2_perp=y2_perp, noise_std=noise_std, tau=tau,
+                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
+    return c.eps, c.objective
 
-    def est():
-        # Power per frequency and output channel of the smallest singular values.
-        return estimate_noise_spectrum(s2b, y2b, size, dims=1)
 
-    s2n = _noise_var(noise_std, rule, lead, est)
-    return _finish(*_search(fine, rule, s2n, tau, eps_range, rtol, exact=sp), lead, rule,
-                   fallback_eps)
+def rule_objective_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str, eps, *,
+                       size: Tuple[int, int], n_out: int,
+                       y2_perp: Optional[torch.Tensor] = None,
+                       noise_std: Union[None, float, torch.Tensor] = None,
+                       tau: float = 1.0) -> torch.Tensor:
+    """The objective that :func:`choose_eps_svd` minimises, at the eps values ``eps`` (G,).
+
+    Shapes as :func:`choose_eps_svd`; returns a float64 Tensor (..., G), the
+    values as :func:`rule_objective` defines them (the GCV value
+    ``N ||(I - A A_eps^+) y||^2 / trace(I - A A_eps^+)^2``, ...).
+    """
+    _check_common(rule, "sample", tau, 1e-2, None, FALLBACK_EPS)
+    noise_std = _check_positive("noise_std", noise_std)
+    s2 = _check_power("s2", s2)
+    y2_proj = _check_power("y2_proj", y2_proj)
+    H, W = _check_size(size)
+    if y2_perp is not None:
+        y2_perp = _check_power("y2_perp", y2_perp)
+    e = torch.as_tensor(eps, dtype=torch.float64, device=y2_proj.device).reshape(-1)
+    if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    bins = svd_bins(s2, (H, W), int(n_out))
+    rule = resolve(rule, bins)
+    sp, _ = svd_spectra(s2, y2_proj, (H, W), int(n_out), y2_perp)
+    lead = y2_proj.shape[:-3]
+    s2n = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2_proj, 3, (H, W)),
+                     y2_proj.device)
+    t = torch.log(e)[None, :].expand(sp.q.shape[0], -1)
+    return _chunked(sp, rule, t, s2n, tau).reshape(*lead, -1)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,13 @@ from ``|K|^2`` and ``|R|^2``). A call transforms the image once, bins
 eps enters the fused solve as its regulariser operand ``eps[..., None, None]
 * |R|^2`` (``eps`` alone for ``reg=None``) with the op's scalar eps 1, so the
 choice adds no FFT and no second solve.
+
+A :class:`~deconv_ext.LayerPlan` with a rule holds the squared singular
+values of every ``K(w)`` binned the same way
+(:func:`~deconv_ext.maths.parameter_choice.svd_bins`); a call projects the
+data on the left singular vectors, ``z = U^H Y``, and
+:func:`choose_layer` chooses one eps per sample from ``|z|^2`` and the
+power outside the range of ``K(w)``.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from ..maths import parameter_choice as pc
 from . import padded, spectra
 
 __all__ = ["operator_bins", "system_dims", "check_systems", "circular_solve", "padded_solve",
-           "reg_operand", "empty"]
+           "reg_operand", "empty", "choose_layer", "empty_layer"]
 
 
 def operator_bins(plan, power) -> None:
@@ -123,3 +130,30 @@ def empty(plan, image: torch.Tensor) -> pc.EpsChoice:
     eps = torch.full(lead, pc.FALLBACK_EPS, dtype=torch.float64, device=dev)
     return pc.EpsChoice(eps, torch.zeros(lead, dtype=torch.float64, device=dev),
                         pc.resolve(plan.rule), None, plan.eps_per)
+
+
+def choose_layer(plan, z: torch.Tensor, perp) -> pc.EpsChoice:
+    """A layer plan's eps per sample (no gradient).
+
+    ``z`` (..., groups * k, H, Wf) complex: ``U^H Y`` per frequency, the
+    channel order of ``plan._s2``'s last axis; ``perp`` (..., H, Wf) real or
+    None: ``||Y - U U^H Y||^2`` per frequency.
+    """
+    y2 = spectra.power(z.detach()).to(torch.float64).movedim(-3, -1)
+    noise = plan.noise_std
+    if isinstance(noise, torch.Tensor):
+        noise = noise.detach().to(torch.float64)
+    with torch.no_grad(), execution.single_threaded():
+        return pc.choose_svd_from_bins(plan._bins, plan._s2, y2, plan.rule, size=plan.image_size,
+                                       n_out=plan.c_out,
+                                       y2_perp=None if perp is None else perp.detach(),
+                                       noise_std=noise)
+
+
+def empty_layer(plan, output: torch.Tensor) -> pc.EpsChoice:
+    """The :class:`EpsChoice` of a layer plan's empty batch (one entry per sample)."""
+    lead = tuple(output.shape[:-3])
+    dev = output.device
+    eps = torch.full(lead, pc.FALLBACK_EPS, dtype=torch.float64, device=dev)
+    return pc.EpsChoice(eps, torch.zeros(lead, dtype=torch.float64, device=dev),
+                        pc.resolve(plan.rule, plan._bins), None, "sample")

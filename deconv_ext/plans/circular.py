@@ -239,8 +239,8 @@ class DeconvPlan(Plan):
 
     @classmethod
     def for_conv2d(cls, weight: torch.Tensor, image_size, groups: int = 1, dilation=1,
-                   bias: Optional[torch.Tensor] = None, eps: float = 0.0,
-                   rcond: Optional[float] = None) -> "DeconvPlan":
+                   bias: Optional[torch.Tensor] = None, eps: Union[float, str] = 0.0,
+                   rcond: Optional[float] = None, *, noise_std=None) -> "DeconvPlan":
         """Plan that inverts ``F.conv2d`` with circular "same" padding.
 
         Forward model: ``output = F.conv2d(F.pad(input, pads, mode="circular"),
@@ -257,8 +257,17 @@ class DeconvPlan(Plan):
         image_size : (H, W)
         groups, dilation : as in ``F.conv2d`` (stride 1)
         bias : Tensor (C_out,), optional
-        eps : float >= 0; 0 gives the pseudo-inverse.
+        eps : float >= 0 or str
+            0 gives the pseudo-inverse; a rule name (``"gcv"``,
+            ``"discrepancy"``, ``"lcurve"``, ``"upre"``, ``"risk"``,
+            ``"auto"``) chooses a Tikhonov eps per sample on every call, from
+            the operator's per-frequency singular values
+            (a :class:`deconv_ext.LayerPlan` for every layer, Notes);
+            ``plan(output, return_info=True)`` returns the choice.
         rcond : float in [0, 1), optional
+        noise_std : float > 0 or Tensor, optional, keyword-only
+            With a rule that uses a noise level: the output noise's standard
+            deviation, a float or one value per sample (None: estimated).
 
         Returns
         -------
@@ -266,13 +275,17 @@ class DeconvPlan(Plan):
         """
         size = V.size2("image_size", image_size)
         layer = V.conv_layer(weight, groups, dilation, bias, size)
-        return cls._for_layer(layer, size, V.scalar_eps(eps), V.rcond(rcond))
+        eps = V.layer_eps(eps)
+        return cls._for_layer(layer, size, eps, V.rcond(rcond), V.layer_rule_args(eps, noise_std))
 
     @classmethod
-    def _for_layer(cls, layer: V.Layer, size, eps: float, rcond):
+    def _for_layer(cls, layer: V.Layer, size, eps: Union[float, str], rcond, noise_std=None):
         """:meth:`for_conv2d` of a checked layer."""
-        if not layer.depthwise:
-            return LayerPlan._checked(layer, size, eps, rcond)
+        # A rule chooses one eps per sample from the operator's singular values
+        # and the data's projections on them: the layer plan's sums, exact for
+        # depthwise layers too (1 x 1 blocks).
+        if not layer.depthwise or isinstance(eps, str):
+            return LayerPlan._checked(layer, size, eps, rcond, noise_std)
         # Depthwise: one image-convention PSF per channel, solved element-wise.
         psf = spectral.conv2d_kernel_as_psf(layer.weight[:, 0], layer.dilation)
         plan = cls(psf, size, eps=eps, method="tikhonov", reg=None, rcond=rcond)

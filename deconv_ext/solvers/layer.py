@@ -1,18 +1,53 @@
-"""``conv2d_pinv`` for "valid", a non-circular ``padding_mode`` or ``solver="cg"``."""
+"""``conv2d_pinv`` for "valid", a non-circular ``padding_mode``, ``solver="cg"``, or eps
+chosen by a rule."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 
 from .. import validation as V
 from ..maths import spectral
-from ..plans import DeconvPlan
+from ..plans import DeconvPlan, cache
 from .cg import DEFAULT_MAX_ITER, Problem, residual_info
 from .operators import Conv2dLayerOperator, ConvOperator
 from .precond import PRECONDS, auto_precond, make_precond
 
-__all__ = ["conv2d_exact"]
+__all__ = ["conv2d_exact", "conv2d_chosen"]
+
+
+def conv2d_chosen(output: torch.Tensor, layer: V.Layer, rule: str, rcond, noise_std,
+                  return_info: bool):
+    """``conv2d_pinv`` of a circular "same" layer with ``eps=<rule>`` (validated inputs).
+
+    The layer's plan (:meth:`DeconvPlan.for_conv2d`, cached by weight and
+    settings) chooses one eps per sample on every call. Returns ``x``, or
+    ``(x, SolveInfo)`` with the normal-equations residual of the direct
+    solve (0 iterations) and the choice (``eps``, ``objective``, ``rule``,
+    ``noise_std``, one entry per sample).
+    """
+    size = tuple(output.shape[-2:])
+    dtype = spectral.compute_dtype(output.dtype)
+    plan = cache.cached_plan(
+        layer.weight, ("layer", size, dtype, layer.groups, layer.dilation, layer.bias, rule,
+                       rcond, noise_std),
+        lambda: DeconvPlan._for_layer(layer._replace(weight=layer.weight.to(dtype)), size, rule,
+                                      rcond, noise_std))
+    x, chosen = plan(output, return_info=True)
+    if not return_info:
+        return x
+    y = output.to(dtype)
+    if layer.bias is not None:
+        y = y - layer.bias.to(dtype)[:, None, None]
+    op = Conv2dLayerOperator(layer.weight, size, layer.groups, layer.dilation, "same",
+                             "circular", dtype)
+    eps = chosen.eps.to(dtype).reshape(*chosen.eps.shape, 1, 1, 1)
+    with torch.no_grad():
+        info = residual_info(op, y, x.to(dtype), eps, None, "fft")
+    info = dataclasses.replace(info, eps=chosen.eps, objective=chosen.objective,
+                               rule=chosen.rule, noise_std=chosen.noise_std)
+    return x, info
 
 
 def conv2d_exact(output: torch.Tensor, layer: V.Layer, padding: str, padding_mode: str,
