@@ -72,13 +72,15 @@ DEFAULT_TILE = (2048, 2048)
 # worst case; measured seams are far smaller (bench_tiles.py).
 DEFAULT_TOL = 1e-6
 
-# Largest impulse response computed to find the reach: float64, so 2^25
-# pixels are 256 MiB; a filter that has not decayed by then (the hard
-# cut-off of ``method="pinv"``, a tiny eps) needs an explicit overlap.
-_MAX_RESPONSE_PIXELS = 1 << 25
+# Largest periodic grid the reach is read on: 40 Mi pixels, about 16 bytes
+# each at the peak of ``_folded_response`` (640 MiB), enough for 15 px motion
+# blur at eps=1e-4 at any angle (45 degrees: 5600^2, 490 MiB). A filter that
+# has not decayed by then (the hard cut-off of ``method="pinv"``, a tiny eps)
+# needs an explicit overlap.
+_MAX_RESPONSE_PIXELS = 40 << 20
 _MAX_RESPONSE_SIDE = 1 << 16
 # Reaches already computed in this process (one costs a few FFTs of up to
-# 2^25 pixels), keyed by the PSF's and regulariser's bytes and the parameters.
+# the cap), keyed by the PSF's and regulariser's bytes and the parameters.
 _MAX_CACHED_REACHES = 32
 _reach_cache: dict = {}
 _reach_lock = threading.Lock()
@@ -164,18 +166,6 @@ def impulse_response(psf: torch.Tensor, size: Tuple[int, int], eps: float = 1e-2
     return plan(delta)
 
 
-def _tail_profile(a: torch.Tensor, axis_len: int) -> torch.Tensor:
-    """``t[m]`` = mass of ``a`` (..., n) at wrapped distance > m from index 0."""
-    i = torch.arange(axis_len, device=a.device)
-    d = torch.minimum(i, axis_len - i)
-    flat = a.reshape(-1, axis_len)
-    prof = torch.zeros(flat.shape[0], axis_len // 2 + 1, dtype=a.dtype, device=a.device)
-    prof.index_add_(1, d, flat)
-    # tail[m] = sum_{d > m} prof[d]
-    rev = torch.flip(torch.cumsum(torch.flip(prof, (1,)), 1), (1,))
-    return torch.cat([rev[:, 1:], rev.new_zeros(rev.shape[0], 1)], 1)
-
-
 def tail_mass(h: torch.Tensor, margin: Tuple[int, int]) -> Tuple[float, float]:
     """(relative, absolute) L1 mass of ``h`` (..., Nh, Nw) outside the box ``margin``.
 
@@ -198,11 +188,11 @@ def filter_reach(plan_or_psf, eps: float = 1e-2, method: str = "tikhonov", reg=N
     """Margin beyond which the inverse filter carries less than ``tol`` of its L1 mass.
 
     The impulse response ``h`` of ``conj(K) / (|K|^2 + eps |R|^2)`` (or the
-    thresholded pseudo-inverse) is computed in float64 on a periodic grid that
-    is doubled per axis until the margin found is at most a quarter of it (so
-    the periodisation hides no mass), and the margins are chosen per axis from
-    the row and column marginals of ``|h|`` with a tail of ``tol / 2`` each
-    (anisotropic PSFs such as motion blur get anisotropic margins).
+    thresholded pseudo-inverse) is computed in float64 on a periodic grid,
+    grown per axis until the tail is read where the periodisation cannot hide
+    mass (Notes), and the margins are chosen per axis from the row and column
+    marginals of ``|h|`` with a tail of ``tol / 2`` each, less the aliasing
+    allowance (anisotropic PSFs such as motion blur get anisotropic margins).
 
     Parameters
     ----------
@@ -217,15 +207,56 @@ def filter_reach(plan_or_psf, eps: float = 1e-2, method: str = "tikhonov", reg=N
     Returns
     -------
     Reach
+        ``tail`` is the observed tail outside the margins plus twice the
+        estimated aliased mass: an upper estimate of the true tail.
 
     Raises
     ------
     ValueError
-        If the filter has not decayed to ``tol`` on the largest grid tried
-        (2^25 pixels): pass an explicit overlap, or use a larger eps / tol.
+        If the filter does not decay to ``tol`` within the largest grid
+        (:data:`_MAX_RESPONSE_PIXELS`), raised as soon as that is clear: a tail
+        that does not fall as the grid grows (a hard cut-off), or a decay that
+        predicts a grid well over the cap. Pass an explicit overlap, or use
+        Tikhonov with a (larger) eps, or a larger tol.
 
     Notes
     -----
+    *Aliasing.* The grid's response is the periodisation ``h_N = sum_k
+    h(. + kN)``. Its mass outside the margins differs from the true one's
+    inside the central period by at most ``A``, the true mass beyond half the
+    grid (the copies' total there), so the true tail is at most the observed
+    one plus ``2 A``. The grid is accepted per axis when the band
+    ``(7N/16, N/2]`` nearest the wrap carries at most ``tol / 16`` and decays
+    over its own width ``N/16`` by at least half at the rate seen between the
+    margin and the band; ``A`` is then estimated as the band's mass continued
+    geometrically at that rate (at most the band's own mass). The margin is
+    below ``7N/16``, so the grid is about 2.3x the margin plus a few decay
+    lengths, not 4x as with a quarter-grid rule (which for 45-degree motion
+    blur at eps=1e-4 needs a 9000^2 grid, against 5600^2 here).
+
+    *Why a geometric continuation.* For ``eps |R|^2 > 0`` the filter is a
+    rational function of ``e^{i w}`` without poles on the real frequencies,
+    analytic in a strip around them, so ``h`` decays exponentially (Paley-
+    Wiener) at a rate set by the distance of the nearest complex zero of
+    ``|K|^2 + eps |R|^2`` from the real axis (about ``sqrt(eps) / |K'|`` at
+    a zero of K); the tail is asymptotically geometric. A proven bound from
+    a contour shift, ``|h(n)| <= e^{-a|n|} mean|G(w + i a)|``, is not used:
+    it needs that zero located in 2D and, summed over the other axis, costs a
+    factor ``1/a`` (hundreds of pixels of margin at eps=1e-4). The estimate
+    is checked against grids twice as large in the tests; the rate also
+    predicts the next grid (from the decay between N/4 and 3N/8, which
+    aliasing only slows, so the prediction errs large), bounded to 1.25x ..
+    4x per step. A band at the float64 rounding floor of the FFT counts as
+    decayed.
+
+    *Precision and memory.* float64: tails of 1e-6 of the L1 mass and below
+    are far under float32's rounding of a grid of millions of pixels (an L1
+    error of about ``sqrt(N) log2(N) 6e-8 ||h||_2``, N the pixel count). The
+    response is never held whole: one complex half spectrum (8 bytes per
+    pixel) is turned into the filter, then into ``h`` one axis and one block
+    at a time, each block folded into the (N/2)^2 distance histogram as it is
+    made (:func:`_folded_response`).
+
     Results are kept per process (the last 32 parameter sets), so repeated
     tiled or Dask calls with one PSF compute the reach once.
     """
@@ -253,31 +284,198 @@ def _reach_key(psf, eps, method, reg, rcond, tol):
     return (content(psf), eps, method, r, rcond, tol)
 
 
+def _fast_at_most(n: int) -> int:
+    """The largest FFT size ``next_fast_size`` gives that is at most ``n`` (n >= 2)."""
+    m = n
+    while spectral.next_fast_size(m) > n:
+        m -= 1
+    return spectral.next_fast_size(m)
+
+
+@dataclass(frozen=True)
+class _Folded:
+    """``|h|`` of each plane folded to wrapped distances from the origin, on one grid.
+
+    ``mass[p, i, j]`` is the mass of plane ``p`` at row distance ``i`` and
+    column distance ``j`` (``0 <= i <= Nh // 2``, ``0 <= j <= Nw // 2``);
+    ``l1[p]`` its total. ``floor``: the float64 rounding of the inverse FFT
+    summed over the grid, relative to l1 (largest over the planes): tails
+    below it are rounding, not response.
+    """
+
+    mass: torch.Tensor
+    l1: torch.Tensor
+    size: Tuple[int, int]
+    floor: float
+
+
+    def tails(self, axis: int) -> torch.Tensor:
+        """``t[p, m]``: mass at distance > m along ``axis`` (0: rows), relative to l1."""
+        prof = self.mass.sum(2 - axis)
+        rev = torch.flip(torch.cumsum(torch.flip(prof, (1,)), 1), (1,))
+        t = torch.cat([rev[:, 1:], rev.new_zeros(rev.shape[0], 1)], 1)
+        return t / self.l1[:, None]
+
+    def outside(self, margin: Tuple[int, int]) -> torch.Tensor:
+        """Mass outside the box ``margin`` per plane, relative (summed small to large)."""
+        mh, mw = margin
+        return (self.mass[:, mh + 1:].sum((1, 2)) + self.mass[:, :mh + 1, mw + 1:].sum((1, 2))
+                ) / self.l1
+
+
+def _folded_response(psf, size, eps, method, reg, rcond) -> _Folded:
+    """The impulse response's folded mass (:class:`_Folded`) on an (Nh, Nw) periodic grid.
+
+    The same response as :func:`impulse_response`, in one complex half
+    spectrum instead of five grid-sized arrays: the plan's filter overwrites
+    its own spectrum row block by row block (the plan is discarded), the
+    inverse FFT runs one axis at a time in blocks (columns, then rows) in
+    place, and each block of rows of ``h`` is folded as soon as it is made,
+    so ``h`` itself is never whole. Peak: the spectrum (8 bytes per grid
+    pixel), its threshold's transient ``|K|^2`` (4 bytes, ``|R|^2`` too with
+    a regulariser), the folded mass (2 bytes) and 16 MiB blocks.
+    """
+    Nh, Nw = size
+    plan = DeconvPlan(psf.detach().to(torch.float64), size, eps=eps, method=method, reg=reg,
+                      rcond=rcond, dtype=torch.float64)
+    spec = plan.spectrum.reshape(-1, Nh, Nw // 2 + 1)
+    planes, _, Wh = spec.shape
+    block = 1 << 20  # complex128 elements per block: 16 MiB
+    step = max(1, block // (planes * Wh))
+    for r in range(0, Nh, step):
+        g = plan.filter_spectrum(slice(r, r + step))
+        spec[:, r:r + step] = g.reshape(planes, -1, Wh)
+    del plan, g
+    step = max(1, block // (planes * Nh))
+    for c in range(0, Wh, step):
+        spec[:, :, c:c + step] = torch.fft.ifft(spec[:, :, c:c + step], dim=1)
+    di = torch.arange(Nh, device=spec.device)
+    dj = torch.arange(Nw, device=spec.device)
+    di, dj = torch.minimum(di, Nh - di), torch.minimum(dj, Nw - dj)
+    mass = torch.zeros(planes, Nh // 2 + 1, Nw // 2 + 1, dtype=torch.float64, device=spec.device)
+    sq = torch.zeros(planes, dtype=torch.float64, device=spec.device)
+    step = max(1, block // (planes * Wh))
+    for r in range(0, Nh, step):
+        a = torch.fft.irfft(spec[:, r:r + step], n=Nw, dim=2).abs_()
+        sq += (a * a).sum((1, 2))
+        cols = a.new_zeros(planes, a.shape[1], Nw // 2 + 1).index_add_(2, dj, a)
+        mass.index_add_(1, di[r:r + step], cols)
+    del spec
+    l1 = mass.sum((1, 2))
+    # An FFT of n points errs by about eps * log2(n) of its output's L2 norm
+    # (||h||_2), spread over n pixels: an L1 error of sqrt(n) times that; 8x.
+    n = Nh * Nw
+    floor = 8 * torch.finfo(torch.float64).eps * math.log2(n) * math.sqrt(n) * sq.sqrt() / l1
+    return _Folded(mass, l1, (Nh, Nw), float(floor.max()))
+
+
+#: The reach is read where the periodic response is faithful: the band
+#: (_BAND N, N/2] nearest the wrap must carry at most _BAND_TAIL tol, decaying
+#: (Notes of filter_reach).
+_BAND = 7 / 16
+_BAND_TAIL = 1 / 16
+
+
+def _aliased_tail(t: torch.Tensor, n: int, ref: int, floor: float) -> Tuple[float, float]:
+    """(band tail, aliased tail) of one axis' relative tail profile ``t[m]`` on a grid of n.
+
+    The band tail is ``t[7n/16]``, the mass in the band ``(7n/16, n/2]``
+    nearest the wrap. The aliased tail estimates the true mass beyond
+    ``n/2`` (what the periodisation folds back): the band's mass continued
+    geometrically, ``t_b q / (1 - q)``, with ``q`` the decay over one band
+    width at the rate seen between ``ref`` and the band (inf where the
+    profile does not decay there). A band at the rounding ``floor`` has no
+    rate to read: the response has vanished there, and the aliased tail is
+    taken as the band's own.
+    """
+    b = int(_BAND * n)
+    tb = float(t[b])
+    if tb <= floor:
+        return tb, tb
+    ref = min(ref, b - 1)
+    rate = math.log(float(t[ref]) / tb) / (b - ref)
+    q = math.exp(-rate * (n // 2 - b)) if rate > 0 else 1.0
+    return tb, (tb * q / (1 - q) if q < 1 else math.inf)
+
+
+def _predicted_size(t: torch.Tensor, n: int, tol: float) -> float:
+    """Grid size for one axis whose band is not faithful yet, from the decay seen (or inf).
+
+    The decay rate between n/4 and 3n/8 (slightly aliased, which only slows
+    it: the prediction errs large) continued to where the tail falls to
+    ``tol / 32``; that distance is to lie at the band's start in the new grid.
+    """
+    d1, d2 = n // 4, (3 * n) // 8
+    t1, t2 = float(t[d1]), float(t[d2])
+    if t2 <= 0.0 or t1 <= t2:
+        return math.inf
+    rate = math.log(t1 / t2) / max(1, d2 - d1)
+    return (d2 + max(0.0, math.log(t2 / (tol / 32))) / rate) / _BAND
+
+
 def _compute_reach(psf, eps, method, reg, rcond, tol) -> Reach:
     kh, kw = psf.shape[-2:]
     size = [spectral.next_fast_size(max(256, 8 * kh)), spectral.next_fast_size(max(256, 8 * kw))]
+    last = None  # (size, band tails) of the previous grid
     while True:
-        h = impulse_response(psf, tuple(size), eps, method, reg, rcond)
-        a = h.abs()
-        l1 = a.sum((-2, -1)).reshape(-1, 1)
-        t_rows = _tail_profile(a.sum(-1), size[0]) / l1
-        t_cols = _tail_profile(a.sum(-2), size[1]) / l1
-        m = []
-        for t in (t_rows, t_cols):
-            ok = (t <= tol / 2).all(0)
-            m.append(int(torch.nonzero(ok)[0]) if bool(ok.any()) else t.shape[1])
-        grow = [m[d] > size[d] // 4 for d in range(2)]
-        if not any(grow):
-            rel, _ = tail_mass(h, (m[0], m[1]))
-            return Reach(m[0], m[1], rel, float(l1.max()), tuple(size))
-        new = [spectral.next_fast_size(2 * s) if g else s for s, g in zip(size, grow)]
-        if new[0] * new[1] > _MAX_RESPONSE_PIXELS or max(new) > _MAX_RESPONSE_SIDE:
+        f = _folded_response(psf, tuple(size), eps, method, reg, rcond)
+        tails = [f.tails(d).amax(0) for d in range(2)]
+        # ref: the last distance whose tail exceeds tol / 2 (the margin - 1).
+        refs = [int(torch.count_nonzero(t > tol / 2)) - 1 for t in tails]
+        band = [_aliased_tail(tails[d], size[d], max(refs[d], 0), f.floor) for d in range(2)]
+        # Faithful: the band carries at most tol / 16 and decays over its own
+        # width by at least half (then the aliased tail is at most the band's).
+        ok = [tb <= _BAND_TAIL * tol and alias <= tb for tb, alias in band]
+        if all(ok):
+            alias = [a for _, a in band]
+            m = [int(torch.nonzero(tails[d] <= tol / 2 - 2 * alias[d])[0]) for d in range(2)]
+            rel = f.outside((m[0], m[1])) + 2 * (alias[0] + alias[1])
+            k = int(torch.argmax(rel))
+            return Reach(m[0], m[1], float(rel[k]), float(f.l1.max()), tuple(size))
+        need = [size[d] if ok[d] else _predicted_size(tails[d], size[d], tol) for d in range(2)]
+        # A grid far too small shows a flat, aliased profile whose rate says
+        # little: growth is bounded to 1.25x .. 4x per step.
+        want = [size[d] if ok[d] else int(min(4 * size[d], max(1.25 * size[d], need[d])))
+                for d in range(2)]
+        new = _fit_cap(size, want)
+        # Fail fast. No decay: an axis at least 1024 that grew 2x and more
+        # without its band tail halving (a hard cut-off spreads its mass
+        # evenly, at any size). Or a decay whose predicted grid is over
+        # 1.5x the largest allowed (the prediction errs large, not 1.5x).
+        flat = last is not None and any(
+            not ok[d] and last[0][d] >= 1024 and size[d] >= 2 * last[0][d]
+            and band[d][0] > 0.5 * last[1][d] for d in range(2))
+        far = min(size) >= 1024 and need[0] * need[1] > 1.5 * _MAX_RESPONSE_PIXELS
+        if new is None or flat or far:
+            b = [int(_BAND * s) for s in size]
+            why = ("its tail does not decay as the grid grows" if flat else
+                   f"its decay predicts a grid of about {need[0]:.0f}x{need[1]:.0f}" if far else
+                   "it has not decayed on the largest grid allowed")
             raise ValueError(
-                f"the inverse filter (eps={eps}, method={method!r}, reg={reg!r}) still carries "
-                f"more than tol={tol} of its L1 mass beyond {size[0] // 4}x{size[1] // 4} px on a "
-                f"{size[0]}x{size[1]} grid; pass an explicit overlap= or use a larger eps or tol")
+                f"filter_reach(psf, eps={eps!r}, method={method!r}, reg={reg!r}, rcond={rcond!r}, "
+                f"tol={tol}): {why}; beyond {b[0]}x{b[1]} px of a {size[0]}x{size[1]} grid "
+                f"it still carries {band[0][0]:.1e} (rows) and {band[1][0]:.1e} (cols) of its "
+                f"L1 mass, where at most {_BAND_TAIL * tol:.1e} is needed (grids are capped at "
+                f"{_MAX_RESPONSE_PIXELS} pixels of float64). A hard spectral cut-off "
+                f"(method='pinv', or eps=0, where the PSF's spectrum nearly vanishes) decays "
+                f"only algebraically. Pass an explicit overlap=, or use method='tikhonov' with "
+                f"eps > 0, a larger eps or a larger tol")
+        last = (list(size), [tb for tb, _ in band])
         size = new
-        del h, a
+        del f
+
+
+def _fit_cap(size, want) -> Optional[list]:
+    """``want`` as FFT sizes, its growing axes shrunk to the grid caps; None if none can grow."""
+    new = [min(spectral.next_fast_size(w), _fast_at_most(_MAX_RESPONSE_SIDE)) for w in want]
+    while new[0] * new[1] > _MAX_RESPONSE_PIXELS:
+        grow = [d for d in range(2) if new[d] > size[d]]
+        if not grow:
+            return None
+        # Shrink the growing axis that asks most over its current size, 10 % a step.
+        d = max(grow, key=lambda a: new[a] / size[a])
+        new[d] = max(size[d], _fast_at_most(int(new[d] * 0.9)))
+    return new if any(new[d] > size[d] for d in range(2)) else None
 
 
 def _tol(tol) -> float:
@@ -484,17 +682,25 @@ def _overlap_arg(overlap) -> Optional[Tuple[int, int]]:
 
 
 def _explicit_reach(psf, eps, method, reg, rcond, margin) -> Reach:
-    """The tail of an explicit margin, on a grid at least 4x the margin (capped)."""
-    size = [spectral.next_fast_size(max(256, 4 * m + 1, 8 * k))
+    """The tail of an explicit margin, read as :func:`filter_reach` reads its own.
+
+    On a grid that puts the margin inside its faithful 3/8 (capped: a margin
+    beyond the cap's 3/8 is read there, which overstates its tail), the
+    observed tail plus twice the aliased tail, at most 1 (the trivial bound).
+    """
+    size = [spectral.next_fast_size(max(256, 8 * k, math.ceil((m + 2) / _BAND)))
             for m, k in zip(margin, psf.shape[-2:])]
+    side = _fast_at_most(_MAX_RESPONSE_SIDE)
+    size = [min(s, side) for s in size]
     while size[0] * size[1] > _MAX_RESPONSE_PIXELS:
         d = 0 if size[0] >= size[1] else 1
-        size[d] = spectral.next_fast_size(size[d] // 2)
-    h = impulse_response(psf, tuple(size), eps, method, reg, rcond)
-    m = tuple(min(a, s // 2) for a, s in zip(margin, size))
-    rel, _ = tail_mass(h, m)
-    l1 = float(h.abs().sum((-2, -1)).max())
-    return Reach(margin[0], margin[1], rel, l1, tuple(size))
+        size[d] = _fast_at_most(int(size[d] * 0.9))
+    f = _folded_response(psf, tuple(size), eps, method, reg, rcond)
+    m = tuple(min(a, int(_BAND * s)) for a, s in zip(margin, size))
+    alias = [_aliased_tail(f.tails(d).amax(0), size[d], min(m[d], size[d] // 4), f.floor)[1]
+             for d in range(2)]
+    rel = min(1.0, float((f.outside(m) + 2 * (alias[0] + alias[1])).max()))
+    return Reach(margin[0], margin[1], rel, float(f.l1.max()), tuple(size))
 
 
 def deconvolve_tiled(image, psf: torch.Tensor, eps: float = 1e-2, method: str = "tikhonov",

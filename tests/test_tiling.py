@@ -122,6 +122,99 @@ def test_filter_reach_refuses_a_filter_that_does_not_decay(monkeypatch):
         filter_reach(dx.gaussian(3.0), 0.0, method="pinv", tol=1e-9)
 
 
+@pytest.mark.parametrize("psf,kwargs", [(dx.gaussian(3.0), dict(eps=0.0, method="pinv")),
+                                        (dx.motion(15, 30.0), dict(eps=0.0))])
+def test_filter_reach_fails_fast_without_decay(psf, kwargs):
+    """A hard spectral cut-off spreads its mass evenly at any grid size: refused
+    from the grids up to 4096^2 (seconds), not after the capped one."""
+    calls = []
+    real = tiling._folded_response
+
+    def counting(psf, size, *a):
+        calls.append(size)
+        return real(psf, size, *a)
+
+    tiling._reach_cache.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiling, "_folded_response", counting)
+        with pytest.raises(ValueError) as e:
+            filter_reach(psf, tol=1e-6, **kwargs)
+    msg = str(e.value)
+    for part in ("filter_reach(psf", f"method={kwargs.get('method', 'tikhonov')!r}", "eps=0.0",
+                 "tol=1e-06", "does not decay", "overlap=", "larger eps"):
+        assert part in msg
+    assert max(a * b for a, b in calls) <= 4096 * 4096
+
+
+# Reaches of the quarter-grid rule (main before issue 17), where it worked.
+OLD_REACH = [(dx.gaussian(3.0), 1e-4, (86, 86)), (dx.gaussian(3.0), 1e-3, (69, 69)),
+             (dx.gaussian(3.0), 1e-2, (63, 63)), (dx.gaussian(3.0), 1e-1, (50, 50)),
+             (dx.motion(15), 1e-4, (0, 3020)), (dx.motion(15), 1e-3, (0, 980)),
+             (dx.motion(15), 1e-2, (0, 324)), (dx.motion(15), 1e-1, (0, 119)),
+             (dx.motion(15, 60.0), 1e-3, (812, 468)), (dx.disk(5), 1e-2, (154, 154))]
+
+
+@pytest.mark.parametrize("psf,eps,old", OLD_REACH)
+def test_filter_reach_agrees_with_the_quarter_grid_rule(psf, eps, old):
+    r = filter_reach(psf, eps)
+    assert all(o <= n <= o + 3 for o, n in zip(old, r.margin)), (r.margin, old)
+    assert r.tail <= 1e-6
+
+
+def np_outside_large(psf, eps, margin, factor=2):
+    """Tail outside ``margin`` on a numpy grid ``factor`` x the reach's (relative)."""
+    size = tuple(spectral_fast(factor * s) for s in filter_reach(psf, eps).response_size)
+    return np_outside(np_response(psf, size, eps), *margin)
+
+
+def spectral_fast(n):
+    from deconv_ext.maths.spectral import next_fast_size
+    return next_fast_size(n)
+
+
+@pytest.mark.parametrize("angle", [30.0, 45.0, 80.0])
+def test_oblique_motion_reach_is_honest(angle):
+    """The reported tail bounds the true one (a numpy grid twice as large), the
+    margin is tight (a margin 5 % smaller leaves more than tol out), and the
+    aliasing allowance is part of the report."""
+    psf, eps = dx.motion(15, angle), 1e-2
+    r = filter_reach(psf, eps)
+    true = np_outside_large(psf, eps, r.margin)
+    assert true <= r.tail <= 1e-6
+    smaller = (int(0.95 * r.rows), int(0.95 * r.cols))
+    assert np_outside_large(psf, eps, smaller) > 1e-6
+    # 7/16 of the grid holds the margin: far less than the quarter-grid rule's 4x.
+    assert all(m <= 7 * n // 16 for m, n in zip(r.margin, r.response_size))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("angle", [30.0, 45.0])
+def test_oblique_motion_reach_at_eps_1e4(angle):
+    """Issue 17: 15 px motion at 30/45 degrees, eps=1e-4 (a reach of ~2000-2500
+    px, refused by the quarter-grid rule); checked against a grid 1.4x larger."""
+    psf, eps = dx.motion(15, angle), 1e-4
+    r = filter_reach(psf, eps)
+    expect = {30.0: (1419, 2458), 45.0: (2035, 2035)}[angle]  # margins on an 8192^2 grid
+    assert all(e <= m <= e + 5 for e, m in zip(expect, r.margin)), r.margin
+    assert np_outside_large(psf, eps, r.margin, factor=1.4) <= r.tail <= 1e-6
+
+
+def test_filter_spectrum_is_the_solve_of_a_constant_spectrum():
+    psf = torch.stack([dx.gaussian(2.0, size=13), dx.motion(9, 30.0, size=13)]).double()
+    for kw in (dict(eps=1e-2), dict(eps=1e-3, reg="laplacian"), dict(eps=0.0, method="pinv")):
+        plan = dx.DeconvPlan(psf, (64, 81), **kw)
+        g = plan.filter_spectrum()
+        G = torch.fft.rfft2(impulse_response(psf, (64, 81), **kw))
+        torch.testing.assert_close(g, G, rtol=1e-9, atol=1e-12 * float(G.abs().max()))
+        parts = torch.cat([plan.filter_spectrum(slice(0, 11)), plan.filter_spectrum(slice(11, None))],
+                          -2)
+        assert torch.equal(parts, g)
+    with pytest.raises(ValueError, match="circular"):
+        dx.DeconvPlan(psf, (64, 81), boundary="reflect").filter_spectrum()
+    with pytest.raises(ValueError, match="fixed eps"):
+        dx.DeconvPlan(psf[0], (64, 81), eps="gcv").filter_spectrum()
+
+
 # -- tiled == border-correct untiled solve ---------------------------------------
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -142,6 +235,36 @@ def test_tiled_matches_border_correct_solve(boundary, tile):
     # With a far smaller tol the seams vanish to rounding.
     x2 = deconvolve_tiled(y, psf, eps, boundary=boundary, tile=tile, tol=1e-12)
     assert np.abs(x2 - ref).max() <= 1e-9 * np.abs(ref).max()
+
+
+def torch_border_correct(y: np.ndarray, psf, eps: float, pad) -> np.ndarray:
+    """np_border_correct (reflect) through a float64 circular plan: half the memory
+    of numpy's complex fft2 at the ~5000^2 an eps=1e-4 motion blur needs."""
+    yp = torch.from_numpy(np.pad(y, [(pad[0], pad[0]), (pad[1], pad[1])], mode="reflect"))
+    x = dx.DeconvPlan(psf.double(), tuple(yp.shape), eps=eps)(yp).numpy()
+    return x[pad[0]:pad[0] + y.shape[0], pad[1]:pad[1] + y.shape[1]]
+
+
+@pytest.mark.parametrize("eps", [1e-2, pytest.param(1e-4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("angle", [30.0, 45.0])
+def test_oblique_motion_seams_under_the_reported_bound(angle, eps):
+    """Issue 17: overlap="auto" for oblique motion blur; the measured tiled vs
+    untiled difference stays under TiledInfo.seam_bound, with an even and an
+    odd tile. At eps=1e-4 the overlap (~2000-2500 px) exceeds the image: every
+    buffer is mostly the image extended by the rule."""
+    psf = dx.motion(15, angle)
+    shape = (300, 420) if eps >= 1e-2 else (160, 200)
+    y = blurred(np.random.default_rng(13), shape, psf)
+    r = filter_reach(psf, eps)
+    ref = torch_border_correct(y, psf, eps, (r.rows + 64, r.cols + 64))
+    tiles = [(128, 128), (97, 143)] if eps >= 1e-2 else [(96, 128), (77, 101)]
+    for tile in tiles:
+        x, info = deconvolve_tiled(y, psf, eps, tile=tile, return_info=True)
+        assert info.overlap == r.margin and info.tail == r.tail
+        err = np.abs(x - ref).max()
+        assert err <= info.seam_bound + 1e-12 * np.abs(ref).max(), (tile, err, info.seam_bound)
+        # An honest bound need not be loose: within 1e-2 of the result's scale.
+        assert info.seam_bound <= 1e-2 * np.abs(ref).max()
 
 
 def test_tiled_motion_blur_leading_dims_and_torch_input():

@@ -360,6 +360,41 @@ class DeconvPlan(Plan):
         x = x.to(image.dtype)
         return (x, None) if with_choice else x
 
+    def filter_spectrum(self, rows: Optional[slice] = None) -> torch.Tensor:
+        """The per-frequency factor ``X / Y`` of the circular solve, half spectrum.
+
+        Parameters
+        ----------
+        rows : slice, optional
+            Rows (dim -2) of the half spectrum to compute, default all: a
+            caller short of memory asks for a few rows at a time.
+
+        Returns
+        -------
+        Tensor (..., len(rows), W // 2 + 1), complex: ``conj(K) / (|K|^2 + eps
+        |R|^2)``, or the thresholded ``1 / K`` (``method="pinv"``, and where
+        ``eps |R|^2 = 0``) -- exactly the factor ``__call__`` applies, since it
+        is that solve of ``Y = 1``.
+
+        Raises
+        ------
+        ValueError
+            For a plan whose filter is not one fixed factor: a non-circular
+            boundary (pad, solve, crop) or an eps rule (chosen per call).
+        """
+        if self.boundary != "circular" or self.rule is not None:
+            raise ValueError(f"filter_spectrum needs a circular plan with a fixed eps; this one "
+                             f"has boundary={self.boundary!r}, eps={self.eps!r}")
+        rows = slice(None) if rows is None else rows
+        k = self._solve_spectrum[..., rows, :]
+        reg = self._reg_op
+        if isinstance(reg, torch.Tensor) and reg.dim() >= 2 and reg.shape[-2] > 1:
+            reg = reg[..., rows, :]
+        # Y = 1 as a broadcast view: the solve allocates only its output.
+        ones = torch.ones((), dtype=k.dtype, device=k.device).expand(k.shape)
+        g = execution.ops.spectral_solve(ones, k, reg, self._eps_op, self.thresh)
+        return g * self._out_scale if self._out_scale is not None else g
+
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """The forward model ``x (*) psf`` (+ bias for conv plans), (..., H, W)."""
         return self._apply(x, conj=False, add_bias=True)
