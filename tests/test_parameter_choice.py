@@ -450,3 +450,16 @@ def test_identity_bins_do_not_hold_a_full_size_copy_of_the_weights(gen):
     b, _ = ones.spectra(y2, 2, risk=True)
     for name in ("wr", "wry", "wy", "wa"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-13, atol=0)
+
+
+def test_estimate_noise_is_public_and_matches_skimage(gen):
+    restoration = pytest.importorskip("skimage.restoration")
+    pytest.importorskip("pywt")
+    x = dx.convolve(torch.rand(2, 45, 38, generator=gen, dtype=torch.float64), dx.gaussian(1.5))
+    y = x + 0.03 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    got = dx.estimate_noise(y)
+    assert got.shape == (2,)
+    for i in range(2):
+        want = restoration.estimate_sigma(y[i].numpy())
+        assert abs(float(got[i]) - want) <= 1e-12 * want
+    assert abs(float(got.mean()) - 0.03) < 0.006

@@ -74,7 +74,8 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", default="0.01", metavar="EPS|RULE",
                    help="regularisation weight (about the noise-to-signal power ratio; larger = "
                         "smoother, less noise), or a rule that chooses it per image plane and "
-                        "prints it: auto (gcv with --reg laplacian, else discrepancy), gcv "
+                        "prints it: auto (with --reg laplacian gcv, or upre off the circular "
+                        "boundary; else discrepancy), gcv "
                         "(generalised cross-validation), discrepancy (residual = noise level), "
                         "lcurve, upre, risk; rules need the whole image (not --tile or .zarr)")
     p.add_argument("--noise-std", default=None, metavar="SIGMA",

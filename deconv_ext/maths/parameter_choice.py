@@ -51,9 +51,16 @@ Rules (``choose_eps(..., rule=...)``):
     (``d f / dt = -f g``, ``d g / dt = f g``). Needs no noise level; known to
     be unreliable for smooth solutions and large N (Hanke 1996; Vogel 1996).
 ``"auto"``
-    :data:`AUTO_RULE`. Chosen on ``benchmarks/bench_eps.py`` (scikit-image
-    test images, Gaussian / motion / disk / box blurs, noise 1e-3 to 5e-2):
-    see :data:`AUTO_RULE` for the measured reason.
+    :data:`AUTO_RULE`, by observation model and regulariser: GCV with a
+    smoothness prior (``reg="laplacian"``) on the circular model, UPRE with
+    it on the padded path of a non-circular boundary, the discrepancy
+    principle with the identity (``reg=None``) on both. Chosen on
+    ``benchmarks/bench_eps.py`` (six scikit-image test images, Gaussian /
+    motion / disk / box blurs, noise 1e-3 to 5e-2, 72 cases per row): the
+    rule with the smallest gaps in each row (``benchmarks/RESULTS.md``). GCV
+    with the identity picks eps too small (median gap 2.7 dB circular);
+    on real edges GCV's worst case with the Laplacian is 6.5 dB where UPRE's
+    is 4.4 dB.
 
 Noise level: rules that need it take ``noise_std``; when it is None they
 estimate it from the spectrum (:func:`~deconv_ext.maths.noise.estimate_noise_spectrum`);
@@ -127,9 +134,15 @@ __all__ = [
     "edge_factor",
     "choose_eps_padded",
     "EDGE_WEIGHT",
+    "AUTO_RULE",
 ]
 
 RULES = ("auto", "gcv", "upre", "risk", "discrepancy", "lcurve")
+#: The rule "auto" runs: {(model, smoothness prior): rule}, model "circular"
+#: (the circulant model, and layers) or "padded" (the fast path of a
+#: non-circular boundary); module docstring, "auto".
+AUTO_RULE = {("circular", True): "gcv", ("circular", False): "discrepancy",
+             ("padded", True): "upre", ("padded", False): "discrepancy"}
 NEEDS_NOISE = ("upre", "risk", "discrepancy")
 # Weight of the seam error in the padded path's edge-aware risk (measured on
 # benchmarks/bench_eps.py, see the module docstring), and how far above the
@@ -789,14 +802,14 @@ def _annihilates(k2: torch.Tensor, r2: Optional[torch.Tensor]) -> bool:
     return bool(((r2 == 0) & (k2 > 0)).any())
 
 
-def resolve(rule: str, bins: Optional["RuleBins"] = None) -> str:
-    """The rule that ``rule`` runs: "auto" is "gcv" for a regulariser that
-    annihilates what the blur keeps (the Laplacian's constants: a smoothness
-    prior), else "discrepancy" (module docstring, "auto"). Without ``bins``,
-    "auto" stays "auto"."""
+def resolve(rule: str, bins: Optional["RuleBins"] = None, padded: bool = False) -> str:
+    """The rule that ``rule`` runs: "auto" is :data:`AUTO_RULE` of the model
+    (``padded``: the fast path of a non-circular boundary) and of whether the
+    regulariser annihilates what the blur keeps (the Laplacian's constants: a
+    smoothness prior). Without ``bins``, "auto" stays "auto"."""
     if rule != "auto" or bins is None:
         return rule
-    return "gcv" if bins.smoothness_prior else "discrepancy"
+    return AUTO_RULE[("padded" if padded else "circular", bool(bins.smoothness_prior))]
 
 
 def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple[int, int],
@@ -844,7 +857,7 @@ def choose_eps(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tensor,
     y2 : Tensor (..., H, W // 2 + 1)
         ``|rfft2(y)|^2`` of the observation (unnormalised FFT).
     rule : {"auto", "gcv", "upre", "risk", "discrepancy", "lcurve"}
-        See the module docstring; "auto" is :data:`AUTO_RULE`.
+        See the module docstring; "auto" is :data:`AUTO_RULE` ``[("circular", ...)]``.
     size : (H, W)
         The image size (W cannot be told from W // 2 + 1).
     noise_std : float or Tensor broadcastable to the result, optional
@@ -1340,7 +1353,7 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
         margin = (psf_size[0] // 2 + 1, psf_size[1] // 2 + 1)
     y2w, scale = window_power(image, fft_size, taper)
     lead = y2w.shape[:-gdims]
-    rule = resolve(rule, bins)
+    rule = resolve(rule, bins, padded=True)
     # The noise level in window units (what the rules on y2w expect) and in image units.
     if noise_std is None:
         s_win = bins.noise_std(y2w, gdims, fft_size).reshape(lead)
