@@ -90,12 +90,29 @@ def _blur(sharp: torch.Tensor, psf: torch.Tensor, edges: str):
     return sharp[crop].contiguous(), torch.from_numpy(blurred[crop]).to(sharp.dtype)
 
 
-def _configs(eps: Union[float, str], psf: torch.Tensor):
-    """(label, deconvolve kwargs) of each restoration shown."""
-    rows = [("tikhonov", dict(eps=eps)),
-            ("laplacian", dict(eps=eps, reg="laplacian")),
-            ("pinv rcond=0.1", dict(method="pinv", rcond=0.1)),
-            ("pinv (default rcond)", dict(method="pinv"))]
+def _configs(eps: Union[float, str], psf: torch.Tensor, edges: str = "cropped",
+             noise: float = 0.005):
+    """(label, deconvolve kwargs) of each restoration shown.
+
+    Each row uses a boundary model that fits the observation: the circular
+    one for ``edges="periodic"``, ``reflect`` (and the other non-circular
+    ones) for a cropped window, where the circular model's wrap-around seam
+    puts broadband power where ``|K| ~ 0`` and no eps brings the result far
+    above the blurred input (camera, gaussian:2, noise 0.005: 26.0 dB at the
+    best fixed eps against 25.6 blurred). The unregularised pseudo-inverse
+    (default rcond) is shown only without noise on the periodic model, where
+    it is exact; with noise it amplifies it by ``1 / |K|`` and is no
+    restoration.
+    """
+    if edges == "periodic":
+        rows = [("tikhonov", dict(eps=eps)),
+                ("laplacian", dict(eps=eps, reg="laplacian")),
+                ("pinv rcond=0.1", dict(method="pinv", rcond=0.1))]
+        if noise == 0:
+            rows.append(("pinv (default rcond)", dict(method="pinv")))
+    else:
+        rows = [("tikhonov, reflect", dict(eps=eps, boundary="reflect")),
+                ("pinv rcond=0.1, reflect", dict(method="pinv", rcond=0.1, boundary="reflect"))]
     rows += [(f"laplacian, {b}", dict(eps=eps, reg="laplacian", boundary=b))
              for b in BOUNDARIES if b != "circular"]
     # The exact solvers, where they are quick: the DCT solve needs a PSF
@@ -136,9 +153,11 @@ def _chosen_for_exact(blurred: torch.Tensor, psf: torch.Tensor, kw: dict) -> dic
 
 
 def restore_all(blurred: torch.Tensor, truth: np.ndarray, psf: torch.Tensor,
-                eps: Union[float, str]) -> List[Result]:
-    """Run every restoration on ``blurred``; one Result per row of the table."""
-    configs = _configs(eps, psf.cpu())
+                eps: Union[float, str], edges: str = "cropped",
+                noise: float = 0.005) -> List[Result]:
+    """Run every restoration on ``blurred``; one Result per row of the table
+    (``edges`` and ``noise`` choose the rows, see :func:`_configs`)."""
+    configs = _configs(eps, psf.cpu(), edges, noise)
     results = []
     for label, kw in configs:
         try:
@@ -276,7 +295,7 @@ def run_demo(image: str = "camera", psf: Optional[torch.Tensor] = None, psf_name
     truth_np = truth.numpy().astype(np.float64)
     b_np = blurred.numpy()
     blurred_row = Result("blurred + noise", b_np, psnr(b_np, truth_np), ssim(b_np, truth_np))
-    results = restore_all(blurred.to(device), truth_np, psf.to(device), eps)
+    results = restore_all(blurred.to(device), truth_np, psf.to(device), eps, edges, noise)
     header = (f"deconv_ext demo: {image} {tuple(truth.shape)}, psf {psf_name} "
               f"{tuple(psf.shape)}, noise sigma {noise:g}, {edges} edges, eps {eps}, "
               f"device {device}")
