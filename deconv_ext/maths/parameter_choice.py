@@ -1173,12 +1173,28 @@ def window_power(image: torch.Tensor, fft_size: Tuple[int, int],
     """
     H, W = image.shape[-2:]
     Nh, Nw = fft_size
-    x = image.detach().to(torch.float64)
-    win = (tukey_window(H, int(taper), device=x.device)[:, None]
-           * tukey_window(W, int(taper), device=x.device)[None, :])
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    Z = torch.fft.rfft2(torch.nn.functional.pad((x - mean) * win, (0, Nw - W, 0, Nh - H)))
-    return Z.real ** 2 + Z.imag ** 2, float((win * win).sum()) / (Nh * Nw)
+    x = _rule_dtype(image)
+    rows = tukey_window(H, int(taper), device=x.device)
+    cols = tukey_window(W, int(taper), device=x.device)
+    win = rows.to(x.dtype)[:, None] * cols.to(x.dtype)[None, :]
+    mean = x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float64).to(x.dtype)
+    # sum(w^2) of the separable window: the product of its factors' sums.
+    energy = float((rows * rows).sum()) * float((cols * cols).sum())
+    return _power(torch.fft.rfft2((x - mean) * win, s=(Nh, Nw))), energy / (Nh * Nw)
+
+
+def _rule_dtype(image: torch.Tensor) -> torch.Tensor:
+    """The image, detached, in the dtype the rule's transforms run in: float32
+    stays float32 (its rounding, ~1e-7 of the image's power per frequency, is
+    far below any noise power a rule resolves, and the FFT costs half),
+    anything else float64. The powers are summed in float64."""
+    x = image.detach()
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float64)
+
+
+def _power(Z: torch.Tensor) -> torch.Tensor:
+    """``|Z|^2`` as float64 (computed in Z's precision: one relative rounding)."""
+    return (Z.real.square() + Z.imag.square()).to(torch.float64)
 
 
 def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int, int],
@@ -1197,16 +1213,15 @@ def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int
     """
     H, W = image.shape[-2:]
     Nh, Nw = fft_size
-    x = image.detach().to(torch.float64)
+    x = _rule_dtype(image)
     mt = max(0, min(int(margin[0]), (H - 1) // 2))
     ml = max(0, min(int(margin[1]), (W - 1) // 2))
     if mt == 0 and ml == 0:
         return torch.zeros(*x.shape[:-2], Nh, Nw // 2 + 1, dtype=torch.float64,
                            device=x.device)
     inner = x[..., mt:H - mt, ml:W - ml]
-    d = x - pad_extend(inner, mt, ml, H, W, mode)
-    E = torch.fft.rfft2(torch.nn.functional.pad(d, (0, Nw - W, 0, Nh - H)))
-    return E.real ** 2 + E.imag ** 2
+    d = x - pad_extend(inner, mt, ml, H, W, mode).to(x.dtype)
+    return _power(torch.fft.rfft2(d, s=(Nh, Nw)))
 
 
 class _Prior(NamedTuple):
