@@ -33,6 +33,28 @@ PYBIND11_MODULE(_C, m) {
         "crop(deconv2d(pad(image))): the fast padded solve", py::arg("image"), py::arg("top"),
         py::arg("left"), py::arg("height"), py::arg("width"), py::arg("mode"), py::arg("k"),
         py::arg("reg"), py::arg("eps"), py::arg("thresh"));
+  // The pipelines' own transforms, for solves that look at the spectrum
+  // between them (eps chosen per image): MKL's DFTI where the build has it,
+  // and an inverse that overwrites its input instead of cloning it.
+  m.def("rfft2", &deconv_ext::rfft2, "rfft2 of a real float32/float64 (..., H, W), unnormalised",
+        py::arg("x"));
+  m.def(
+      "irfft2",
+      [](at::Tensor X, int64_t width) {
+        TORCH_CHECK(X.dim() >= 2 && width > 0 && X.size(-1) == width / 2 + 1 &&
+                        (X.scalar_type() == at::kComplexFloat ||
+                         X.scalar_type() == at::kComplexDouble) && X.device().is_cpu(),
+                    "irfft2: X must be a complex64/complex128 CPU half spectrum (..., H, ",
+                    width / 2 + 1, ") for width ", width, "; got ", X.scalar_type(), " ",
+                    X.sizes());
+        std::vector<int64_t> shape(X.sizes().begin(), X.sizes().end());
+        shape.back() = width;
+        at::Tensor out = at::empty(shape, X.options().dtype(c10::toRealValueType(X.scalar_type())));
+        deconv_ext::irfft2_into(X, out);
+        return out;
+      },
+      "irfft2 (norm 'backward') of a half spectrum X (..., H, width // 2 + 1); X is overwritten",
+      py::arg("X"), py::arg("width"));
   m.def("dct_solve", &deconv_ext::dct_solve,
         "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
         py::arg("image"), py::arg("filter"));

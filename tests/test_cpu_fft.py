@@ -217,3 +217,28 @@ def test_bad_dtypes_and_lazy_views_of_the_fft_paths(gen):
     empty = torch.zeros(0, 3, 10, 12, dtype=torch.float64)
     assert torch.ops.deconv_ext.filter2d_grad_k(empty, empty, [10, 7], False).abs().sum() == 0
     assert _C.filter2d(empty, kk, False).shape == empty.shape
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 50), (2, 64, 63), (1, 1100, 1001)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_exposed_transforms_match_scipy(gen, shape, dtype):
+    # _C.rfft2 / _C.irfft2: what a solve that chooses eps from the spectrum
+    # runs around it. The last shape passes 2^20 elements (rows, then columns).
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    Y = _C.rfft2(x)
+    want = scipy.fft.rfft2(x.double().numpy())
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    scale = np.abs(want).max()
+    assert Y.dtype == (torch.complex64 if dtype == torch.float32 else torch.complex128)
+    assert np.abs(Y.to(torch.complex128).numpy() - want).max() <= tol * scale
+    back = _C.irfft2(Y.clone(), shape[-1])
+    assert back.dtype == dtype and back.shape == x.shape
+    assert (back.double() - x.double()).abs().max() <= tol * float(x.abs().max()) * 10
+
+
+def test_the_exposed_inverse_refuses_a_spectrum_that_does_not_fit():
+    Y = torch.zeros(4, 9, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="width 20"):
+        _C.irfft2(Y, 20)
+    with pytest.raises(RuntimeError, match="complex64/complex128"):
+        _C.irfft2(torch.zeros(4, 9), 16)

