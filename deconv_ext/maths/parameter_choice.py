@@ -925,10 +925,8 @@ def rule_objective(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tenso
     noise_std = _check_positive("noise_std", noise_std)
     sp, lead = _prepare(k2, r2, y2, size, per, noise_std)
     if rule == "auto":
-        rule = "gcv" if _annihilates(k2, r2) else "discrepancy"
-    e = torch.as_tensor(eps, dtype=torch.float64, device=sp.q.device).reshape(-1)
-    if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
+        rule = AUTO_RULE[("circular", _annihilates(k2, r2))]
+    e = _check_eps_values(eps, sp.q.device).reshape(-1)
     dims = 2 if per == "plane" else 3
     s2 = _noise_var(noise_std, rule, lead, lambda: estimate_noise_spectrum(
         k2, y2, size, dims=dims).reshape(-1))
@@ -936,10 +934,16 @@ def rule_objective(k2: torch.Tensor, r2: Optional[torch.Tensor], y2: torch.Tenso
     return _chunked(sp, rule, t, s2, tau).reshape(*lead, -1)
 
 
-def _terms_at(sp, lead, eps) -> SpectralTerms:
-    e = torch.as_tensor(eps, dtype=torch.float64, device=sp.q.device)
+def _check_eps_values(eps, device) -> torch.Tensor:
+    """``eps`` (a number or a tensor of values) as float64, each finite and > 0."""
+    e = torch.as_tensor(eps, dtype=torch.float64, device=device)
     if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
+    return e
+
+
+def _terms_at(sp, lead, eps) -> SpectralTerms:
+    e = _check_eps_values(eps, sp.q.device)
     t = torch.log(e.expand(lead).reshape(-1, 1))
     d = _terms(sp, t)
     res, dof, semi = (d[k][:, 0].reshape(lead) for k in ("res", "dof", "semi"))
@@ -1085,6 +1089,17 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
     eps, objective : Tensor (...), float64
     """
     _check_common(rule, "sample", tau, rtol, eps_range, fallback_eps)
+    s2, y2_proj, (H, W), n_out, y2_perp, noise_std = _check_svd(s2, y2_proj, size, n_out,
+                                                                y2_perp, noise_std)
+    c = choose_svd_from_bins(svd_bins(s2, (H, W), n_out), s2, y2_proj, rule, size=(H, W),
+                             n_out=n_out, y2_perp=y2_perp, noise_std=noise_std, tau=tau,
+                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
+    return c.eps, c.objective
+
+
+def _check_svd(s2, y2_proj, size, n_out, y2_perp, noise_std):
+    """The arguments of :func:`choose_eps_svd` and :func:`rule_objective_svd`,
+    checked: ``(s2, y2_proj, (H, W), n_out, y2_perp, noise_std)``."""
     noise_std = _check_positive("noise_std", noise_std)
     s2 = _check_power("s2", s2)
     y2_proj = _check_power("y2_proj", y2_proj)
@@ -1100,10 +1115,7 @@ def choose_eps_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str = "auto", 
                          f"n_out={n_out}")
     if y2_perp is not None:
         y2_perp = _check_power("y2_perp", y2_perp)
-    c = choose_svd_from_bins(svd_bins(s2, (H, W), int(n_out)), s2, y2_proj, rule, size=(H, W),
-                             n_out=int(n_out), y2_perp=y2_perp, noise_std=noise_std, tau=tau,
-                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
-    return c.eps, c.objective
+    return s2, y2_proj, (H, W), int(n_out), y2_perp, noise_std
 
 
 def rule_objective_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str, eps, *,
@@ -1118,18 +1130,12 @@ def rule_objective_svd(s2: torch.Tensor, y2_proj: torch.Tensor, rule: str, eps, 
     ``N ||(I - A A_eps^+) y||^2 / trace(I - A A_eps^+)^2``, ...).
     """
     _check_common(rule, "sample", tau, 1e-2, None, FALLBACK_EPS)
-    noise_std = _check_positive("noise_std", noise_std)
-    s2 = _check_power("s2", s2)
-    y2_proj = _check_power("y2_proj", y2_proj)
-    H, W = _check_size(size)
-    if y2_perp is not None:
-        y2_perp = _check_power("y2_perp", y2_perp)
-    e = torch.as_tensor(eps, dtype=torch.float64, device=y2_proj.device).reshape(-1)
-    if bool((e <= 0).any()) or not bool(torch.isfinite(e).all()):
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
-    bins = svd_bins(s2, (H, W), int(n_out))
+    s2, y2_proj, (H, W), n_out, y2_perp, noise_std = _check_svd(s2, y2_proj, size, n_out,
+                                                                y2_perp, noise_std)
+    e = _check_eps_values(eps, y2_proj.device).reshape(-1)
+    bins = svd_bins(s2, (H, W), n_out)
     rule = resolve(rule, bins)
-    sp, _ = svd_spectra(s2, y2_proj, (H, W), int(n_out), y2_perp)
+    sp, _ = svd_spectra(s2, y2_proj, (H, W), n_out, y2_perp)
     lead = y2_proj.shape[:-3]
     s2n = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2_proj, 3, (H, W)),
                      y2_proj.device)
@@ -1302,15 +1308,18 @@ def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
     error summed over the buffer, up to an eps-independent constant).
     """
     spE, _ = bins.spectra(E2, gdims, risk=True)
-    eps_l = choose_from_bins(prior_bins, y2w, "gcv", size=prior_bins.size, gdims=gdims,
-                             rtol=rtol).eps.reshape(-1)
+    # GCV with the Laplacian on the window (choose_from_bins' search, on sums
+    # binned once: the prior's scale below reads them again).
+    sp_l, lead_l = prior_bins.spectra(y2w, gdims)
+    eps_l, _ = _finish(*_search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
+                       FALLBACK_EPS)
+    eps_l = eps_l.reshape(-1)
     dc_q = bins.grouped_dc_q(E2.shape, gdims)
     # The prior's scale is the variance GCV fitted (its residual per degree of
     # freedom, Wahba's estimate) over eps_L, not the noise estimate: on a
     # noise-free image the window's own error sets eps_L, and the noise
     # variance (~1e-18) over it would call the signal 1e-12 of its power,
     # leaving the seam term alone to choose eps.
-    sp_l, lead_l = prior_bins.spectra(y2w, gdims)
     fit = _terms_at(sp_l, lead_l, eps_l.reshape(lead_l))
     s2_fit = torch.maximum(s2, (fit.residual / fit.dof).reshape(-1) / window_scale)
     prior = _Prior(bins.grouped(bins.prior_w, E2.shape, gdims), s2_fit / eps_l, dc_q,
