@@ -10,8 +10,8 @@ from .. import validation as V
 from ..functional import deconvolve
 from .errors import UsageError
 
-__all__ = ["resolve_device", "parse_eps", "parse_noise_std", "rule_problem", "solver_kwargs", "boundary_problem",
-           "format_eps"]
+__all__ = ["resolve_device", "parse_eps", "parse_noise_std", "rule_problem", "solver_kwargs",
+           "boundary_problem", "format_eps"]
 
 #: What ``--eps`` accepts besides a number: the library's parameter-choice rules.
 EPS_CHOICES = V.EPS_RULES

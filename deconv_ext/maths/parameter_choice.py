@@ -69,11 +69,12 @@ given the image, :func:`~deconv_ext.maths.noise.estimate_noise` is better.
 Minimisation: eps is searched in log space over the range where the filter
 changes, ``[max(q_min / 100, 1e-12 q_max), 100 q_max]`` with
 ``q = |K|^2 / |R|^2`` over the frequencies where both are positive (outside
-it ``f`` is within 1 % of 0 or 1 at every frequency and no objective moves). A grid of :data:`POINTS_PER_DECADE`
-points per decade brackets the global minimum of each plane, then nested
-grids (each level one vectorised evaluation over all planes) refine it to
-``rtol`` in eps; the discrepancy equation's root is bracketed the same way. Objectives are
-evaluated in float64 whatever the input dtype. A plane whose objective is
+it ``f`` is within 1 % of 0 or 1 at every frequency and no objective moves).
+A grid of :data:`POINTS_PER_DECADE` points per decade brackets the global
+minimum of each plane, then nested grids (each level one vectorised
+evaluation over all planes) refine it to ``rtol`` in eps; the discrepancy
+equation's root is bracketed the same way. Objectives are evaluated in
+float64 whatever the input dtype. A plane whose objective is
 flat over the whole range (e.g. a constant image: every eps gives the same
 solution) gets :data:`FALLBACK_EPS` and a warning.
 
