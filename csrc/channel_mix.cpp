@@ -19,6 +19,7 @@
 #include <algorithm>
 
 #include "alloc.h"
+#include "checks.h"
 
 namespace deconv_ext {
 namespace {
@@ -130,6 +131,7 @@ int64_t batch_of(const at::Tensor& t) {
 }  // namespace
 
 at::Tensor channel_mix(const at::Tensor& y, const at::Tensor& g, bool adjoint) {
+  check_cpu_operands("channel_mix", {operand("y", y), operand("g", g)});
   check_complex(y, "y");
   check_complex(g, "g");
   TORCH_CHECK(g.scalar_type() == y.scalar_type(), "g dtype ", g.scalar_type(),
@@ -149,10 +151,10 @@ at::Tensor channel_mix(const at::Tensor& y, const at::Tensor& g, bool adjoint) {
   at::Tensor out = empty_large(shape, y.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   if (y.numel() == 0) return out.zero_();
-  // Raw reads ignore the lazy conjugate bit and strides: materialise both
-  // (a lazy conj bit is not seen by raw reads). No copy when already plain and contiguous.
-  const at::Tensor yv = y.resolve_conj().contiguous();
-  const at::Tensor gv = g.resolve_conj().contiguous();
+  // Raw reads ignore the lazy conjugate and negative bits and the strides:
+  // materialise both. No copy when already plain and contiguous.
+  const at::Tensor yv = y.resolve_conj().resolve_neg().contiguous();
+  const at::Tensor gv = g.resolve_conj().resolve_neg().contiguous();
   const int64_t B = batch_of(yv);
   AT_DISPATCH_FLOATING_TYPES(c10::toRealValueType(y.scalar_type()), "channel_mix", [&] {
     mix_loop<scalar_t>(reinterpret_cast<const scalar_t*>(yv.const_data_ptr()),
@@ -164,6 +166,7 @@ at::Tensor channel_mix(const at::Tensor& y, const at::Tensor& g, bool adjoint) {
 }
 
 at::Tensor channel_mix_outer(const at::Tensor& a, const at::Tensor& c, int64_t groups) {
+  check_cpu_operands("channel_mix_outer", {operand("a", a), operand("c", c)});
   check_complex(a, "a");
   check_complex(c, "c");
   TORCH_CHECK(a.scalar_type() == c.scalar_type(), "a dtype ", a.scalar_type(),
@@ -182,8 +185,8 @@ at::Tensor channel_mix_outer(const at::Tensor& a, const at::Tensor& c, int64_t g
   const int64_t H = a.size(-2), Wf = a.size(-1);
   at::Tensor out = empty_large({groups, M, N, H, Wf}, a.options());
   if (out.numel() == 0) return out;
-  const at::Tensor av = a.resolve_conj().contiguous();
-  const at::Tensor cv = c.resolve_conj().contiguous();
+  const at::Tensor av = a.resolve_conj().resolve_neg().contiguous();
+  const at::Tensor cv = c.resolve_conj().resolve_neg().contiguous();
   const int64_t B = av.numel() == 0 ? 0 : batch_of(av);
   AT_DISPATCH_FLOATING_TYPES(c10::toRealValueType(a.scalar_type()), "channel_mix_outer", [&] {
     outer_loop<scalar_t>(reinterpret_cast<const scalar_t*>(av.const_data_ptr()),

@@ -18,6 +18,8 @@
 // come from V[k, l] and V[H-k, l]: so the pass runs over row pairs in place.
 #include "dct.h"
 
+#include "checks.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/MathConstants.h>
@@ -197,6 +199,7 @@ void solve_planes(const at::Tensor& x3, const at::Tensor& f, at::Tensor& out3) {
 }  // namespace
 
 at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
+  check_cpu_operands("dct_solve", {operand("image", image), operand("filter", filter)});
   TORCH_CHECK(image.dim() >= 2, "image must have at least 2 dims, got ", image.dim());
   TORCH_CHECK(image.scalar_type() == at::kFloat || image.scalar_type() == at::kDouble,
               "image must be float32 or float64, got ", image.scalar_type());
@@ -204,7 +207,6 @@ at::Tensor dct_solve(const at::Tensor& image, const at::Tensor& filter) {
                   filter.size(0) == image.size(-2) && filter.size(1) == image.size(-1),
               "filter must be a ", image.scalar_type(), " (", image.size(-2), ", ",
               image.size(-1), ") tensor, got ", filter.scalar_type(), " ", filter.sizes());
-  TORCH_CHECK(image.device().is_cpu() && filter.device().is_cpu(), "dct_solve runs on CPU");
   at::Tensor out = empty_large(image.sizes(), image.options().memory_format(at::MemoryFormat::Contiguous));
   if (image.numel() == 0) return out;
   const int64_t H = image.size(-2), W = image.size(-1);

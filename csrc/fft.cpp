@@ -42,6 +42,7 @@
 #endif
 
 #include "alloc.h"
+#include "checks.h"
 
 namespace deconv_ext {
 namespace {
@@ -307,6 +308,7 @@ bool mkl_dfti_enabled() {
 }
 
 at::Tensor rfft2(const at::Tensor& x) {
+  check_cpu_operands("rfft2", {operand("x", x)});
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "rfft2: expected a float32 or float64 tensor, got ", x.scalar_type());
   TORCH_CHECK(x.dim() >= 2 && x.size(-2) > 0 && x.size(-1) > 0,

@@ -11,11 +11,15 @@
 #include <ATen/Parallel.h>
 
 #include "alloc.h"
+#include "checks.h"
 #include "fft.h"
 
 namespace deconv_ext {
 
 at::Tensor kernel_spectrum(const at::Tensor& psf, int64_t height, int64_t width) {
+  check_cpu_operands("kernel_spectrum", {operand("psf", psf)});
+  TORCH_CHECK_VALUE(height > 0 && width > 0, "kernel_spectrum: height and width must be > 0, got ",
+                    height, "x", width);
   TORCH_CHECK(psf.dim() >= 2, "psf must have at least 2 dims, got ", psf.dim());
   TORCH_CHECK(psf.scalar_type() == at::kFloat || psf.scalar_type() == at::kDouble,
               "psf must be float32 or float64, got ", psf.scalar_type());
@@ -46,7 +50,13 @@ at::Tensor kernel_spectrum(const at::Tensor& psf, int64_t height, int64_t width)
 
 at::Tensor kernel_spectrum_backward(const at::Tensor& grad, int64_t kh, int64_t kw,
                                     int64_t height, int64_t width) {
-  TORCH_CHECK(grad.is_complex(), "grad must be complex, got ", grad.scalar_type());
+  check_cpu_operands("kernel_spectrum_backward", {operand("grad", grad)});
+  check_complex("kernel_spectrum_backward", operand("grad", grad));
+  TORCH_CHECK_VALUE(grad.dim() >= 2, "kernel_spectrum_backward: grad must have at least 2 dims, "
+                    "got ", grad.dim());
+  TORCH_CHECK_VALUE(kh >= 0 && kw >= 0 && kh <= height && kw <= width,
+                    "kernel_spectrum_backward: a ", kh, "x", kw, " psf does not fit a ", height,
+                    "x", width, " image");
   TORCH_CHECK(grad.size(-2) == height && grad.size(-1) == width / 2 + 1, "grad of shape ",
               grad.sizes(), " is not the half spectrum of ", height, "x", width);
   // Adjoint of rfft2 (unnormalised, one-sided) w.r.t. a real input: embed the
@@ -63,6 +73,7 @@ at::Tensor kernel_spectrum_backward(const at::Tensor& grad, int64_t kh, int64_t 
 }
 
 at::Tensor spectral_power(const at::Tensor& k) {
+  check_cpu_operands("spectral_power", {operand("k", k)});
   TORCH_CHECK(k.scalar_type() == at::kComplexFloat || k.scalar_type() == at::kComplexDouble,
               "k must be complex64 or complex128, got ", k.scalar_type());
   // |k|^2 = re^2 + im^2 in one pass (square then sum over a view_as_real took
@@ -81,7 +92,12 @@ at::Tensor spectral_power(const at::Tensor& k) {
 }
 
 at::Tensor spectral_power_backward(const at::Tensor& grad, const at::Tensor& k) {
-  TORCH_CHECK(k.is_complex(), "k must be complex, got ", k.scalar_type());
+  check_cpu_operands("spectral_power_backward", {operand("grad", grad), operand("k", k)});
+  check_complex("spectral_power_backward", operand("k", k));
+  check_dtype("spectral_power_backward", operand("grad", grad),
+              c10::toRealValueType(k.scalar_type()));
+  TORCH_CHECK_VALUE(grad.sizes() == k.sizes(), "spectral_power_backward: grad of shape ",
+                    grad.sizes(), " must match k of shape ", k.sizes());
   return (k.resolve_conj() * (2 * grad)).contiguous();
 }
 

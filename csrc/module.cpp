@@ -9,6 +9,7 @@
 // build, and apart from the op registrations they compile in parallel.
 #include <torch/csrc/utils/pybind.h>
 
+#include "checks.h"
 #include "dct.h"
 #include "fft.h"
 #include "pipeline.h"
@@ -41,6 +42,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "irfft2",
       [](at::Tensor X, int64_t width) {
+        deconv_ext::check_cpu_operands("irfft2", {deconv_ext::operand("X", X)});
         TORCH_CHECK(X.dim() >= 2 && width > 0 && X.size(-1) == width / 2 + 1 &&
                         (X.scalar_type() == at::kComplexFloat ||
                          X.scalar_type() == at::kComplexDouble) && X.device().is_cpu(),

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "alloc.h"
+#include "checks.h"
 
 namespace deconv_ext {
 namespace {
@@ -148,7 +149,12 @@ void pad_backward_loop(const at::Tensor& g3, at::Tensor& out3,
   });
 }
 
-void check_image(const at::Tensor& x, const char* name) {
+// Offsets beyond this are refused: no FFT buffer is that large, and the
+// index arithmetic (i - offset) must not overflow.
+constexpr int64_t kMaxOffset = int64_t(1) << 40;
+
+void check_image(const char* op, const at::Tensor& x, const char* name) {
+  check_cpu_operands(op, {operand(name, x)});
   TORCH_CHECK(x.dim() >= 2, name, " must have at least 2 dims, got ", x.dim());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be a floating tensor, got ",
               x.scalar_type());
@@ -169,16 +175,24 @@ std::vector<int64_t> with_last2(at::IntArrayRef sizes, int64_t h, int64_t w) {
 
 at::Tensor pad(const at::Tensor& x, int64_t top, int64_t left, int64_t height, int64_t width,
                c10::string_view mode) {
-  check_image(x, "x");
+  check_image("pad", x, "x");
   const Mode m = parse_mode(mode);
   const int64_t h = x.size(-2), w = x.size(-1);
-  TORCH_CHECK(height >= 0 && width >= 0, "pad: output size must be >= 0, got ", height, "x",
-              width);
-  TORCH_CHECK(h > 0 && w > 0 || x.numel() == 0, "pad: empty image plane");
+  TORCH_CHECK_VALUE(height >= 0 && width >= 0, "pad: output size must be >= 0, got ", height,
+                    "x", width);
+  TORCH_CHECK_VALUE(std::abs(top) <= kMaxOffset && std::abs(left) <= kMaxOffset,
+                    "pad: offsets (", top, ", ", left, ") are out of range (|offset| <= 2^40)");
   at::Tensor out = empty_large(with_last2(x.sizes(), height, width),
                              x.options().dtype(compute_dtype(x.scalar_type()))
                                  .memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
+  if (h == 0 || w == 0) {
+    // An empty plane has no pixel to extend: zeros pad it with zeros (as
+    // numpy's constant mode); every other rule needs a pixel to copy.
+    TORCH_CHECK_VALUE(m == Mode::Zeros, "pad: cannot extend an empty ", h, "x", w,
+                      " plane by mode '", std::string(mode), "' (only 'zeros' can)");
+    return out.zero_();
+  }
   const auto rows = index_map(height, top, h, m);
   const auto cols = index_map(width, left, w, m);
   const at::Tensor x3 = as_planes(x);
@@ -195,15 +209,19 @@ at::Tensor pad(const at::Tensor& x, int64_t top, int64_t left, int64_t height, i
 
 at::Tensor pad_backward(const at::Tensor& grad, int64_t top, int64_t left, int64_t height,
                         int64_t width, c10::string_view mode) {
-  check_image(grad, "grad");
+  check_image("pad_backward", grad, "grad");
   const Mode m = parse_mode(mode);
   TORCH_CHECK(height > 0 && width > 0, "pad_backward: input size must be > 0, got ", height,
               "x", width);
+  TORCH_CHECK_VALUE(std::abs(top) <= kMaxOffset && std::abs(left) <= kMaxOffset,
+                    "pad_backward: offsets (", top, ", ", left,
+                    ") are out of range (|offset| <= 2^40)");
   const auto st = compute_dtype(grad.scalar_type());
   at::Tensor g = grad.scalar_type() == st ? grad : grad.to(st);
   at::Tensor out = empty_large(with_last2(grad.sizes(), height, width),
                              grad.options().dtype(st).memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
+  if (grad.numel() == 0) return out.zero_();  // an empty padded plane: nothing flows back
   const auto rows = index_map(grad.size(-2), top, height, m);
   const auto cols = index_map(grad.size(-1), left, width, m);
   std::vector<std::vector<int64_t>> rows_of(height);
@@ -220,7 +238,7 @@ at::Tensor pad_backward(const at::Tensor& grad, int64_t top, int64_t left, int64
 
 at::Tensor crop(const at::Tensor& x, int64_t top, int64_t left, int64_t height, int64_t width,
                 at::ScalarType dtype) {
-  check_image(x, "x");
+  check_image("crop", x, "x");
   TORCH_CHECK(at::isFloatingType(dtype), "crop: dtype must be floating, got ", dtype);
   TORCH_CHECK(top >= 0 && left >= 0 && height >= 0 && width >= 0 &&
                   top + height <= x.size(-2) && left + width <= x.size(-1),

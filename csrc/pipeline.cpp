@@ -10,6 +10,7 @@
 #include "pipeline.h"
 
 #include "alloc.h"
+#include "checks.h"
 #include "fft.h"
 #include "pad_crop.h"
 #include "spectral.h"
@@ -17,7 +18,8 @@
 namespace deconv_ext {
 namespace {
 
-void check_real_image(const at::Tensor& x, const char* name, const at::Tensor& k) {
+void check_real_image(const char* op, const at::Tensor& x, const char* name, const at::Tensor& k) {
+  check_cpu_operands(op, {operand(name, x), operand("k", k)});
   TORCH_CHECK(x.dim() >= 2, name, " must have at least 2 dims, got ", x.dim());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
               " must be float32 or float64, got ", x.scalar_type());
@@ -106,7 +108,9 @@ void solve_chunk(const at::Tensor& x, const at::Tensor& batch, int64_t start, in
 at::Tensor deconv2d(const at::Tensor& image, const at::Tensor& k,
                     const c10::optional<at::Tensor>& reg, double eps, const at::Tensor& thresh,
                     bool adjoint) {
-  check_real_image(image, "image", k);
+  check_real_image("deconv2d", image, "image", k);
+  check_cpu_operands("deconv2d", {operand("reg", reg), operand("thresh", thresh)});
+  check_eps("deconv2d", eps, image.scalar_type());
   if (image.numel() == 0) return at::empty_like(image);
   return by_chunks(image, [&](const at::Tensor& x, int64_t start, int64_t len, at::Tensor& out) {
     solve_chunk(x, image, start, len, k, reg, eps, thresh, adjoint, out);
@@ -117,8 +121,13 @@ at::Tensor padded_deconv2d(const at::Tensor& image, int64_t top, int64_t left, i
                            int64_t width, c10::string_view mode, const at::Tensor& k,
                            const c10::optional<at::Tensor>& reg, double eps,
                            const at::Tensor& thresh) {
+  check_cpu_operands("padded_deconv2d", {operand("image", image), operand("k", k),
+                                         operand("reg", reg), operand("thresh", thresh)});
   TORCH_CHECK(image.dim() >= 2, "image must have at least 2 dims, got ", image.dim());
+  TORCH_CHECK_TYPE(at::isFloatingType(image.scalar_type()),
+                   "padded_deconv2d: image must be a floating tensor, got ", image.scalar_type());
   const at::ScalarType real = compute_dtype(image.scalar_type());
+  check_eps("padded_deconv2d", eps, real);
   TORCH_CHECK(k.scalar_type() == c10::toComplexType(real), "k must be ", c10::toComplexType(real),
               " for a ", image.scalar_type(), " image, got ", k.scalar_type());
   TORCH_CHECK(k.dim() >= 2 && k.size(-2) == height && k.size(-1) == width / 2 + 1, "k of shape ",
@@ -142,7 +151,9 @@ std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const
                                                    const c10::optional<at::Tensor>& reg,
                                                    double eps, const at::Tensor& thresh,
                                                    bool adjoint) {
-  check_real_image(image, "image", k);
+  check_real_image("deconv2d_grad_k", image, "image", k);
+  check_cpu_operands("deconv2d_grad_k", {operand("grad", grad), operand("reg", reg),
+                                         operand("thresh", thresh)});
   TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type(),
               "grad (", grad.scalar_type(), " ", grad.sizes(), ") must match image (",
               image.scalar_type(), " ", image.sizes(), ")");
@@ -155,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> deconv2d_grad_k(const at::Tensor& grad, const
 }
 
 at::Tensor filter2d(const at::Tensor& x, const at::Tensor& k, bool conj) {
-  check_real_image(x, "x", k);
+  check_real_image("filter2d", x, "x", k);
   if (x.numel() == 0) return at::empty_like(x);
   return by_chunks(x, [&](const at::Tensor& xc, int64_t start, int64_t len, at::Tensor& out) {
     irfft2_into(spectral_mul(rfft2(xc), *rows_of(k, x, start, len), conj), out);
@@ -164,6 +175,10 @@ at::Tensor filter2d(const at::Tensor& x, const at::Tensor& k, bool conj) {
 
 at::Tensor filter2d_grad_k(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef k_shape,
                            bool conj) {
+  check_cpu_operands("filter2d_grad_k", {operand("grad", grad), operand("x", x)});
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "filter2d_grad_k: expected a float32 or float64 x, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2, "x must have at least 2 dims, got ", x.dim());
   TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), "grad (",
               grad.scalar_type(), " ", grad.sizes(), ") must match x (", x.scalar_type(), " ",
               x.sizes(), ")");

@@ -11,7 +11,10 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/complex.h>
 
+#include <limits>
+
 #include "alloc.h"
+#include "checks.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DECONV_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -166,12 +169,15 @@ void solve_backward_kernel(at::TensorIterator& iter, bool has_reg, T eps) {
       C gk(0, 0);
       T gp(0);
       const bool live = p > T(0) || k2 > thr2;
-      if (live) {
-        const T d = k2 + (p > T(0) ? p : T(0));
-        const T inv2 = T(1) / (d * d);
+      const T d = k2 + (p > T(0) ? p : T(0));
+      // d = inf (eps * reg beyond the precision's range): X = 0 there, and
+      // so are both derivatives (inf * 0 would make them NaN).
+      if (live && d < std::numeric_limits<T>::infinity()) {
+        // Divided by d twice rather than by d^2, which overflows first.
+        const T inv = T(1) / d;
         const C gky = g * k * std::conj(y);
-        gk = (-gky * k + std::conj(g) * y * p) * inv2;
-        gp = -gky.real() * inv2;
+        gk = (-gky * k * inv + std::conj(g) * y * (p * inv)) * inv;
+        gp = -gky.real() * inv * inv;
       }
       *reinterpret_cast<C*>(data[0] + i * strides[0]) = gk;
       *reinterpret_cast<T*>(data[1] + i * strides[1]) = gp;
@@ -183,10 +189,14 @@ void solve_backward_kernel(at::TensorIterator& iter, bool has_reg, T eps) {
 
 namespace {
 
-// Checks the operands and runs the fused solve, writing into `out` (which may
-// be `y` itself: the kernel is element-wise).
-void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
-               const c10::optional<at::Tensor>& reg, double eps, const at::Tensor& thresh) {
+// The operands of the solve and of its backward: complex y and k of one
+// dtype, a real thresh (and reg) of its precision, all broadcasting to y,
+// all dense on the CPU, and a finite eps >= 0.
+void check_solve_operands(const char* op, const at::Tensor& y, const at::Tensor& k,
+                          const c10::optional<at::Tensor>& reg, double eps,
+                          const at::Tensor& thresh) {
+  check_cpu_operands(op, {operand("y", y), operand("k", k), operand("reg", reg),
+                          operand("thresh", thresh)});
   check_spectrum(y, "y");
   check_spectrum(k, "k");
   TORCH_CHECK(k.scalar_type() == y.scalar_type(), "k dtype ", k.scalar_type(),
@@ -196,13 +206,20 @@ void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
   TORCH_CHECK(thresh.scalar_type() == real_t, "thresh must be ", real_t, ", got ",
               thresh.scalar_type());
   check_broadcasts(thresh, y, "thresh");
-  TORCH_CHECK(eps >= 0.0, "eps must be >= 0, got ", eps);
-  const bool has_reg = reg.has_value() && reg->defined();
-  if (has_reg) {
+  check_eps(op, eps, real_t);
+  if (reg.has_value() && reg->defined()) {
     TORCH_CHECK(reg->scalar_type() == real_t, "reg must be ", real_t, ", got ",
                 reg->scalar_type());
     check_broadcasts(*reg, y, "reg");
   }
+}
+
+// Runs the fused solve, writing into `out` (which may be `y` itself: the
+// kernel is element-wise).
+void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
+               const c10::optional<at::Tensor>& reg, double eps, const at::Tensor& thresh) {
+  const bool has_reg = reg.has_value() && reg->defined();
+  const auto real_t = c10::toRealValueType(y.scalar_type());
   if (y.numel() == 0) return;
   // Raw reads ignore the lazy conjugate and negative bits: materialise them
   // (raw reads ignore a lazy conj bit).
@@ -225,6 +242,7 @@ void run_solve(at::Tensor& out, const at::Tensor& y, const at::Tensor& k,
 at::Tensor spectral_solve(const at::Tensor& y, const at::Tensor& k,
                           const c10::optional<at::Tensor>& reg, double eps,
                           const at::Tensor& thresh) {
+  check_solve_operands("spectral_solve", y, k, reg, eps, thresh);
   at::Tensor out = empty_large(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
   run_solve(out, y, k, reg, eps, thresh);
   return out;
@@ -236,18 +254,22 @@ at::Tensor spectral_solve_adjoint(const at::Tensor& y, const at::Tensor& k,
   // conj(F) with F = conj(K)/d is K/d: the same solve with the conjugated
   // kernel (same |K|, so the same mask). Conjugating here, inside the op,
   // keeps the conjugate out of compiled backward graphs.
-  check_spectrum(k, "k");
+  check_solve_operands("spectral_solve_adjoint", y, k, reg, eps, thresh);
   return spectral_solve(y, k.conj().resolve_conj(), reg, eps, thresh);
 }
 
 void spectral_solve_(at::Tensor& y, const at::Tensor& k, const c10::optional<at::Tensor>& reg,
                      double eps, const at::Tensor& thresh) {
+  check_solve_operands("spectral_solve_", y, k, reg, eps, thresh);
   TORCH_CHECK(!y.is_conj() && !y.is_neg(),
               "spectral_solve_: y must not carry a lazy conjugate or negative bit");
+  check_writable("spectral_solve_", operand("y", y),
+                 {operand("k", k), operand("reg", reg), operand("thresh", thresh)});
   run_solve(y, y, k, reg, eps, thresh);
 }
 
 at::Tensor spectral_mul(const at::Tensor& y, const at::Tensor& k, bool conj) {
+  check_cpu_operands("spectral_mul", {operand("y", y), operand("k", k)});
   check_spectrum(y, "y");
   check_spectrum(k, "k");
   TORCH_CHECK(k.scalar_type() == y.scalar_type(), "k dtype ", k.scalar_type(),
@@ -276,16 +298,13 @@ namespace deconv_ext {
 std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& k,
     const c10::optional<at::Tensor>& reg, double eps, const at::Tensor& thresh) {
+  check_solve_operands("spectral_solve_backward", y, k, reg, eps, thresh);
+  check_cpu_operands("spectral_solve_backward", {operand("grad", grad)});
   check_spectrum(grad, "grad");
-  check_spectrum(y, "y");
-  check_spectrum(k, "k");
   TORCH_CHECK(grad.sizes() == y.sizes() && grad.scalar_type() == y.scalar_type(), "grad (",
               grad.scalar_type(), " ", grad.sizes(), ") must match y (", y.scalar_type(), " ",
               y.sizes(), ")");
-  check_broadcasts(k, y, "k");
-  check_broadcasts(thresh, y, "thresh");
   const bool has_reg = reg.has_value() && reg->defined();
-  if (has_reg) check_broadcasts(*reg, y, "reg");
   const auto real_t = c10::toRealValueType(y.scalar_type());
   auto opts = y.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor gk_full = empty_large(y.sizes(), opts);
@@ -318,6 +337,8 @@ std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
 
 at::Tensor spectral_mul_grad_k(const at::Tensor& grad, const at::Tensor& y,
                                at::IntArrayRef k_shape, bool conj) {
+  check_cpu_operands("spectral_mul_grad_k", {operand("grad", grad), operand("y", y)});
+  check_broadcasts_to("spectral_mul_grad_k", "k_shape", k_shape, "y", y.sizes());
   check_spectrum(grad, "grad");
   check_spectrum(y, "y");
   TORCH_CHECK(grad.sizes() == y.sizes() && grad.scalar_type() == y.scalar_type(), "grad (",

@@ -20,7 +20,7 @@ import torch
 
 from ..maths.dct import dct2, idct2
 from . import torch_pipeline
-from .library import ops
+from .library import check_one_device, ops
 
 __all__ = ["register", "interpreter_kernels"]
 
@@ -78,6 +78,16 @@ def _dct_solve(image, filt):
     return idct2(dct2(image) * filt).contiguous()
 
 
+def _one_device(name: str, fn):
+    """``fn`` after the check that all its tensors share one device (a CPU
+    operand would be read through a CUDA pointer)."""
+    @functools.wraps(fn)
+    def kernel(*args, **kwargs):
+        check_one_device(name, args)
+        return fn(*args, **kwargs)
+    return kernel
+
+
 def register() -> None:
     """Register the CUDA kernel of every op (called once, when the package loads).
 
@@ -88,7 +98,8 @@ def register() -> None:
     tk = _triton_kernels()
     if tk is not None:
         for name in tk.OP_NAMES:
-            torch.library.register_kernel(f"deconv_ext::{name}", "cuda", _lazy_launcher(tk, name))
+            torch.library.register_kernel(f"deconv_ext::{name}", "cuda",
+                                          _one_device(name, _lazy_launcher(tk, name)))
     composed = {
         "spectral_solve_adjoint": lambda y, k, reg, eps, thresh: ops.spectral_solve(
             y, k.conj_physical(), reg, eps, thresh),
@@ -106,7 +117,7 @@ def register() -> None:
             # into the per-frequency pass.
             composed[name] = functools.partial(getattr(torch_pipeline, name), tk)
     for name, fn in composed.items():
-        torch.library.register_kernel(f"deconv_ext::{name}", "cuda", fn)
+        torch.library.register_kernel(f"deconv_ext::{name}", "cuda", _one_device(name, fn))
 
 
 @functools.lru_cache(maxsize=1)

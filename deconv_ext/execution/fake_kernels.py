@@ -6,9 +6,28 @@ shape and dtype, so that errors surface the same way under ``torch.compile``
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import library
+
+
+def _fake(op: str):
+    """``torch.library.register_fake`` for ``deconv_ext::op``, with the device check.
+
+    The dispatcher picks the fake kernel when any argument is a meta tensor,
+    so without the check a meta operand beside CPU tensors would give a meta
+    result for a CPU call.
+    """
+    def register(fn):
+        @functools.wraps(fn)
+        def checked(*args):
+            library.check_one_device(op, args)
+            return fn(*args)
+        torch.library.register_fake(f"deconv_ext::{op}")(checked)
+        return fn
+    return register
 
 def _check_spectrum(t: torch.Tensor, name: str) -> None:
     torch._check(t.dtype in (torch.complex64, torch.complex128),
@@ -34,7 +53,7 @@ def _compute(dtype: torch.dtype) -> torch.dtype:
 
 _MODES = ("zeros", "constant", "reflect", "symmetric", "replicate", "circular")
 
-@torch.library.register_fake("deconv_ext::spectral_solve")
+@_fake("spectral_solve")
 def _spectral_solve_fake(y, k, reg, eps, thresh):
     _check_spectrum(y, "y")
     _check_spectrum(k, "k")
@@ -45,18 +64,21 @@ def _spectral_solve_fake(y, k, reg, eps, thresh):
     if reg is not None:
         _check_broadcasts(reg, y, "reg")
         torch._check(reg.dtype == _real_of(y.dtype), lambda: f"reg must be {_real_of(y.dtype)}")
-    torch._check(eps >= 0, lambda: f"eps must be >= 0, got {eps}")
+    largest = torch.finfo(_real_of(y.dtype)).max
+    torch._check(0 <= eps <= largest,
+                 lambda: f"eps must be a finite number >= 0 (<= {largest:.3g} in "
+                         f"{_real_of(y.dtype)}), got {eps}")
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
-@torch.library.register_fake("deconv_ext::spectral_solve_adjoint")
+@_fake("spectral_solve_adjoint")
 def _spectral_solve_adjoint_fake(y, k, reg, eps, thresh):
     return _spectral_solve_fake(y, k, reg, eps, thresh)
 
-@torch.library.register_fake("deconv_ext::spectral_solve_")
+@_fake("spectral_solve_")
 def _spectral_solve_inplace_fake(y, k, reg, eps, thresh):
     _spectral_solve_fake(y, k, reg, eps, thresh)
 
-@torch.library.register_fake("deconv_ext::spectral_mul")
+@_fake("spectral_mul")
 def _spectral_mul_fake(y, k, conj):
     _check_spectrum(y, "y")
     _check_spectrum(k, "k")
@@ -64,7 +86,7 @@ def _spectral_mul_fake(y, k, conj):
     _check_broadcasts(k, y, "k")
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
-@torch.library.register_fake("deconv_ext::spectral_solve_backward")
+@_fake("spectral_solve_backward")
 def _spectral_solve_backward_fake(grad, y, k, reg, eps, thresh):
     _check_spectrum(grad, "grad")
     _check_broadcasts(k, y, "k")
@@ -72,7 +94,7 @@ def _spectral_solve_backward_fake(grad, y, k, reg, eps, thresh):
     greg = reg.new_empty(reg.shape) if reg is not None else y.new_empty((), dtype=_real_of(y.dtype))
     return gk, greg
 
-@torch.library.register_fake("deconv_ext::spectral_mul_grad_k")
+@_fake("spectral_mul_grad_k")
 def _spectral_mul_grad_k_fake(grad, y, k_shape, conj):
     _check_spectrum(grad, "grad")
     return y.new_empty(k_shape)
@@ -81,18 +103,18 @@ def _pad_like(x, height, width, dtype):
     torch._check(x.dim() >= 2, lambda: f"x must have at least 2 dims, got {x.dim()}")
     return x.new_empty((*x.shape[:-2], height, width), dtype=dtype)
 
-@torch.library.register_fake("deconv_ext::pad")
+@_fake("pad")
 def _pad_fake(x, top, left, height, width, mode):
     torch._check(mode in _MODES, lambda: f"mode must be one of {_MODES}, got {mode!r}")
     torch._check(x.dtype.is_floating_point, lambda: f"x must be floating, got {x.dtype}")
     return _pad_like(x, height, width, _compute(x.dtype))
 
-@torch.library.register_fake("deconv_ext::pad_backward")
+@_fake("pad_backward")
 def _pad_backward_fake(grad, top, left, height, width, mode):
     torch._check(mode in _MODES, lambda: f"mode must be one of {_MODES}, got {mode!r}")
     return _pad_like(grad, height, width, _compute(grad.dtype))
 
-@torch.library.register_fake("deconv_ext::crop")
+@_fake("crop")
 def _crop_fake(x, top, left, height, width, dtype):
     torch._check(top >= 0 and left >= 0 and top + height <= x.shape[-2]
                  and left + width <= x.shape[-1],
@@ -117,13 +139,13 @@ def _check_mix(y, g, adjoint):
     torch._check(y.shape[-3] == cin,
                  lambda: f"y has {y.shape[-3]} channels; g of shape {tuple(g.shape)} expects {cin}")
 
-@torch.library.register_fake("deconv_ext::channel_mix")
+@_fake("channel_mix")
 def _channel_mix_fake(y, g, adjoint):
     _check_mix(y, g, adjoint)
     cout = g.shape[0] * (g.shape[2] if adjoint else g.shape[1])
     return y.new_empty((*y.shape[:-3], cout, y.shape[-2], y.shape[-1]))
 
-@torch.library.register_fake("deconv_ext::channel_mix_outer")
+@_fake("channel_mix_outer")
 def _channel_mix_outer_fake(a, c, groups):
     _check_spectrum(a, "a")
     _check_spectrum(c, "c")
@@ -141,7 +163,7 @@ def _channel_mix_outer_fake(a, c, groups):
 def _half_shape(psf, height, width):
     return (*psf.shape[:-2], height, width // 2 + 1)
 
-@torch.library.register_fake("deconv_ext::kernel_spectrum")
+@_fake("kernel_spectrum")
 def _kernel_spectrum_fake(psf, height, width):
     torch._check(psf.dim() >= 2, lambda: f"psf must have at least 2 dims, got {psf.dim()}")
     torch._check(psf.shape[-2] <= height and psf.shape[-1] <= width,
@@ -150,17 +172,17 @@ def _kernel_spectrum_fake(psf, height, width):
     cdt = torch.complex64 if psf.dtype == torch.float32 else torch.complex128
     return psf.new_empty(_half_shape(psf, height, width), dtype=cdt)
 
-@torch.library.register_fake("deconv_ext::kernel_spectrum_backward")
+@_fake("kernel_spectrum_backward")
 def _kernel_spectrum_backward_fake(grad, kh, kw, height, width):
     _check_spectrum(grad, "grad")
     return grad.new_empty((*grad.shape[:-2], kh, kw), dtype=_real_of(grad.dtype))
 
-@torch.library.register_fake("deconv_ext::spectral_power")
+@_fake("spectral_power")
 def _spectral_power_fake(k):
     _check_spectrum(k, "k")
     return k.new_empty(k.shape, dtype=_real_of(k.dtype))
 
-@torch.library.register_fake("deconv_ext::spectral_power_backward")
+@_fake("spectral_power_backward")
 def _spectral_power_backward_fake(grad, k):
     _check_spectrum(k, "k")
     return torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -177,31 +199,31 @@ def _check_pipeline(x, k, name):
                  lambda: f"k of shape {tuple(k.shape)} is not the half spectrum of a "
                          f"{x.shape[-2]}x{x.shape[-1]} {name}")
 
-@torch.library.register_fake("deconv_ext::deconv2d")
+@_fake("deconv2d")
 def _deconv2d_fake(image, k, reg, eps, thresh, adjoint):
     _check_pipeline(image, k, "image")
     half = image.new_empty((*image.shape[:-1], image.shape[-1] // 2 + 1), dtype=k.dtype)
     _spectral_solve_fake(half, k, reg, eps, thresh)
     return torch.empty_like(image, memory_format=torch.contiguous_format)
 
-@torch.library.register_fake("deconv_ext::deconv2d_grad_k")
+@_fake("deconv2d_grad_k")
 def _deconv2d_grad_k_fake(grad, image, k, reg, eps, thresh, adjoint):
     _check_pipeline(image, k, "image")
     greg = reg.new_empty(reg.shape) if reg is not None else image.new_empty(())
     return k.new_empty(k.shape), greg
 
-@torch.library.register_fake("deconv_ext::filter2d")
+@_fake("filter2d")
 def _filter2d_fake(x, k, conj):
     _check_pipeline(x, k, "x")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-@torch.library.register_fake("deconv_ext::filter2d_grad_k")
+@_fake("filter2d_grad_k")
 def _filter2d_grad_k_fake(grad, x, k_shape, conj):
     cdt = torch.complex64 if x.dtype == torch.float32 else torch.complex128
     return x.new_empty(k_shape, dtype=cdt)
 
 
-@torch.library.register_fake("deconv_ext::padded_deconv2d")
+@_fake("padded_deconv2d")
 def _padded_deconv2d_fake(image, top, left, height, width, mode, k, reg, eps, thresh):
     torch._check(image.dim() >= 2, lambda: f"image must have at least 2 dims, got {image.dim()}")
     torch._check(image.dtype in (torch.float32, torch.float64),
@@ -216,7 +238,7 @@ def _padded_deconv2d_fake(image, top, left, height, width, mode, k, reg, eps, th
     return torch.empty_like(image, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("deconv_ext::dct_solve")
+@_fake("dct_solve")
 def _dct_solve_fake(image, filter):
     torch._check(image.dim() >= 2, lambda: f"image must have at least 2 dims, got {image.dim()}")
     torch._check(image.dtype in (torch.float32, torch.float64),

@@ -14,7 +14,7 @@ from .. import config
 from ..build_check import check_build
 
 __all__ = ["available", "require", "load_error", "ops", "cpp", "mkl_dfti_enabled",
-           "extension_path", "BUILD_HINT"]
+           "extension_path", "check_one_device", "BUILD_HINT"]
 
 BUILD_HINT = (
     "the C++ extension deconv_ext._C is not built. Build it with "
@@ -33,6 +33,23 @@ else:
 
 #: ``torch.ops.deconv_ext``: every op, through the dispatcher.
 ops = torch.ops.deconv_ext
+
+
+def check_one_device(op: str, args) -> None:
+    """Raise a ValueError unless every tensor in ``args`` is on one device.
+
+    A 0-dim CPU tensor may join tensors on any device (torch's rule for
+    scalars). The CPU kernels check the same in C++ (csrc/checks.cpp); the
+    fake and CUDA kernels registered in Python call this: the dispatcher
+    picks a kernel by the highest-priority device among the arguments, so a
+    kernel can be handed an operand that lives elsewhere.
+    """
+    tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    devices = {a.device for _, a in tensors if a.dim() > 0 or a.device.type != "cpu"}
+    if len(devices) > 1:
+        where = ", ".join(f"argument {i} on {a.device}" for i, a in tensors)
+        raise ValueError(f"deconv_ext.{op}: every tensor argument must be on one device, got "
+                         f"{where}")
 
 
 def available() -> bool:
