@@ -13,6 +13,7 @@
 #include "dct.h"
 #include "fft.h"
 #include "pipeline.h"
+#include "rule_bins.h"
 #include "spectral.h"
 
 namespace py = pybind11;
@@ -57,6 +58,9 @@ PYBIND11_MODULE(_C, m) {
       },
       "irfft2 (norm 'backward') of a half spectrum X (..., H, width // 2 + 1); X is overwritten",
       py::arg("X"), py::arg("width"));
+  m.def("bin_power", &deconv_ext::bin_power,
+        "sum of weights * |Y|^2 per bin of idx, float64: (..., H, Wf) complex -> (..., nbins)",
+        py::arg("Y"), py::arg("idx"), py::arg("weights"), py::arg("nbins"));
   m.def("dct_solve", &deconv_ext::dct_solve,
         "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
         py::arg("image"), py::arg("filter"));

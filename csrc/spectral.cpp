@@ -96,16 +96,19 @@ void solve_kernel(at::TensorIterator& iter, bool has_reg, T eps) {
     const char* rg = has_reg ? data[4] : nullptr;
     const int64_t so = strides[0], sy = strides[1], sk = strides[2], st = strides[3];
     const int64_t sr = has_reg ? strides[4] : 0;
-    if (so == cs && sy == cs && sk == cs && st == 0 && (!has_reg || sr == rs)) {
+    if (so == cs && sy == cs && sk == cs && st == 0 && (!has_reg || sr == rs || sr == 0)) {
       T* o = reinterpret_cast<T*>(out);
       const T* yy = reinterpret_cast<const T*>(y);
       const T* kk = reinterpret_cast<const T*>(k);
       const T* rr = reinterpret_cast<const T*>(rg);
       const T t2 = *reinterpret_cast<const T*>(th);
-      if (has_reg) {
+      if (has_reg && sr == rs) {
         solve_row_dense<T, true>(o, yy, kk, rr, eps, t2, n);
       } else {
-        solve_row_dense<T, false>(o, yy, kk, rr, eps, t2, n);
+        // No reg, or one reg value along the row (a per-plane eps chosen by
+        // a rule, broadcast): a constant p.
+        const T p = has_reg ? eps * *rr : eps;
+        solve_row_dense<T, false>(o, yy, kk, rr, p, t2, n);
       }
       return;
     }

@@ -29,6 +29,7 @@ import torch
 
 from .. import config
 from ..maths import padding
+from ..maths.parameter_choice import bin_sums
 from ..maths.dct import dct2, idct2
 from . import cpu_fft, fft_choice
 from .cuda import interpreter_kernels
@@ -36,7 +37,7 @@ from .library import cpp, ops, require
 from .threads import call_single_threaded
 
 __all__ = ["TABLE", "route", "deconv2d", "deconv2d_chosen", "filter2d", "padded_deconv2d", "dct_solve", "pad",
-           "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix"]
+           "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix", "bin_power"]
 
 _FFT_ROUTES = ("pipeline", "scipy", "pyfftw")
 
@@ -295,6 +296,22 @@ def kernel_spectrum(psf, height: int, width: int):
 def spectral_power(K):
     """``|K|^2`` of a complex tensor (op ``spectral_power``)."""
     return ops.spectral_power(K)
+
+
+def bin_power(Y, idx, weights, nbins: int):
+    """``sum weights * |Y|^2`` per bin of ``idx``, float64: (..., H, Wf) complex -> (..., nbins).
+
+    ``idx`` int64 broadcastable to ``Y``, ``weights`` float64 broadcastable to
+    (H, Wf). Eager CPU calls with one (H, Wf) bin map run the C++ binning (one
+    pass over ``Y``: at 2048^2 it replaced four, 32 ms of a 38 ms eps choice);
+    otherwise :func:`~deconv_ext.maths.parameter_choice.bin_sums` of the power.
+    """
+    H, Wf = Y.shape[-2:]
+    shared = idx.dim() == 2 and weights.dtype == torch.float64 and (
+        tuple(weights.shape) in ((Wf,), (H, Wf)))
+    if shared and route(Y, fft=False) == "pipeline":
+        return cpp.bin_power(Y.detach(), idx, weights, nbins)
+    return bin_sums(idx, (Y.real ** 2 + Y.imag ** 2).to(torch.float64) * weights, nbins, 2)
 
 
 def channel_mix(Y, G, adjoint: bool):

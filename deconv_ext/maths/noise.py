@@ -131,14 +131,17 @@ def noise_from_power(y2: torch.Tensor, idx: torch.Tensor, size, dims: int = 2,
                      group: int = 0) -> torch.Tensor:
     """Noise sigma from the power ``y2`` at the damped frequencies ``idx``.
 
-    ``y2`` (..., *F) flattened over its ``dims`` trailing dims; ``idx`` from
+    ``y2`` (..., *F) flattened over its ``dims`` trailing dims (or the complex
+    spectrum ``Y`` itself, whose power is taken at ``idx``); ``idx`` from
     :func:`damped_indices` (broadcast to ``y2``'s leading dims); ``group``
     more leading dims share one estimate (their powers pooled). Returns
     ``sqrt(median / (ln 2 H W))``, float64, shape ``y2.shape[:-dims - group]``.
     """
     H, W = size
     flat = y2.flatten(-dims) if dims > 1 else y2
-    sel = torch.gather(flat.to(torch.float64), -1, idx.expand(*flat.shape[:-1], idx.shape[-1]))
+    # Gather first: the median reads a twentieth of the entries.
+    sel = torch.gather(flat, -1, idx.expand(*flat.shape[:-1], idx.shape[-1]))
+    sel = (sel.real ** 2 + sel.imag ** 2 if sel.is_complex() else sel).to(torch.float64)
     if group:
         sel = sel.flatten(-1 - group)
     med = torch.median(sel, dim=-1).values

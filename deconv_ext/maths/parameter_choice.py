@@ -114,6 +114,7 @@ __all__ = [
     "SpectralTerms",
     "EpsChoice",
     "RuleBins",
+    "bin_sums",
     "choose_from_bins",
     "resolve",
     "half_spectrum_weights",
@@ -205,6 +206,17 @@ def _compress(k2, r2, y2, w, n_pix: float, n_data: float, dof_extra: float = 0.0
         res = res + res_extra
     energy = (wf * y2).sum(-1) / n_pix + (0 if res_extra is None else res_extra)
     return _Spectra(q, wa, wy, wr, wry, float(n_pix), float(n_data), dof, res, energy)
+
+
+def bin_sums(idx: torch.Tensor, v: torch.Tensor, nbins: int, fdims: int) -> torch.Tensor:
+    """Sum of ``v`` per bin of ``idx`` over the ``fdims`` trailing dims, float64.
+
+    ``idx`` int64 in [0, nbins), broadcastable to ``v``: (..., *F) -> (..., nbins).
+    """
+    lead = v.shape[:-fdims]
+    flat_i = idx.expand(v.shape).flatten(-fdims)
+    out = torch.zeros(*lead, nbins, dtype=torch.float64, device=v.device)
+    return out.scatter_add_(-1, flat_i, v.to(torch.float64).flatten(-fdims))
 
 
 class RuleBins:
@@ -333,23 +345,41 @@ class RuleBins:
 
     def _hist(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Sum of ``v`` per bin over the frequency dims: (..., *F) -> (..., nb + 2)."""
-        lead = v.shape[:-self.fdims]
-        flat_i = idx.expand(v.shape).flatten(-self.fdims)
-        flat_v = v.flatten(-self.fdims)
-        out = torch.zeros(*lead, self.nb + 2, dtype=torch.float64, device=v.device)
-        return out.scatter_add_(-1, flat_i, flat_v)
+        return bin_sums(idx, v, self.nb + 2, self.fdims)
+
+    @property
+    def risk_weights(self) -> torch.Tensor:
+        """``c / |R|^2`` (broadcastable to ``F``): the weights of the rule "risk"'s data sums."""
+        if self._wr is None:
+            raise ValueError("these bins were built with risk=False; the rule 'risk' needs "
+                             "risk=True")
+        return self._wr
+
+    def data_hist(self, y2: torch.Tensor, risk: bool = False):
+        """The data's half of the sums: ``sum c |Y|^2`` per bin (and, for
+        ``risk``, ``sum c |Y|^2 / |R|^2``), (..., nb + 2) float64 each.
+
+        What :meth:`spectra` bins; a caller with a faster binning of the
+        same sums (one pass over the complex spectrum, the execution layer's
+        ``bin_power``) passes its result to :meth:`spectra` as ``hist``.
+        """
+        y = y2.to(torch.float64)
+        wy = self._hist(self.idx, y * self.weights)
+        return wy, (self._hist(self.idx, y * self.risk_weights) if risk else None)
 
     def spectra(self, y2: torch.Tensor, gdims: int, res_extra: Optional[torch.Tensor] = None,
-                risk: bool = False) -> Tuple["_Spectra", torch.Size]:
+                risk: bool = False, hist=None) -> Tuple["_Spectra", torch.Size]:
         """The binned sums of one batch of data, one row per system.
 
         Parameters
         ----------
-        y2 : Tensor (..., *F), real >= 0: ``|Y|^2`` (unnormalised FFT)
+        y2 : Tensor (..., *F), real >= 0: ``|Y|^2`` (unnormalised FFT); with
+            ``hist`` given only its shape is read (it may be ``Y`` itself)
         gdims : int >= fdims; the trailing dims of one system (fdims: one
             per plane; fdims + 1: planes of dim -fdims-1 share eps)
         res_extra : Tensor (...), optional; residual no eps changes, per system
         risk : also the ``1 / |R|^2``-weighted sums (rule "risk")
+        hist : optional, :meth:`data_hist` of ``y2`` computed by the caller
 
         Returns
         -------
@@ -357,7 +387,7 @@ class RuleBins:
         """
         lead = y2.shape[:-gdims]
         B = int(torch.Size(lead).numel())
-        wy_all = self._hist(self.idx, y2.to(torch.float64) * self.weights)
+        wy_all, wry_all = self.data_hist(y2, risk) if hist is None else hist
         wa_all = self.wa.expand(*y2.shape[:-self.fdims], self.nb + 2)
         sum_dims = tuple(range(-1 - (gdims - self.fdims), -1))
 
@@ -368,10 +398,7 @@ class RuleBins:
         nb = self.nb
         planes = math.prod(y2.shape[-gdims:-self.fdims]) if gdims > self.fdims else 1
         if risk:
-            if self._wr is None:
-                raise ValueError("these bins were built with risk=False; the rule 'risk' needs "
-                                 "risk=True")
-            wry = group(self._hist(self.idx, y2.to(torch.float64) * self._wr)) / self.n_pix
+            wry = group(wry_all) / self.n_pix
             wr = group(self._wr_bins.expand(*y2.shape[:-self.fdims], nb + 2))
             wr, wry = wr[:, :nb], wry[:, :nb]
         else:
@@ -818,7 +845,7 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
                      eps_range: Optional[Tuple[float, float]] = None,
                      fallback_eps: float = FALLBACK_EPS,
                      res_extra: Optional[torch.Tensor] = None,
-                     exact: Optional["_Spectra"] = None) -> EpsChoice:
+                     exact: Optional["_Spectra"] = None, hist=None) -> EpsChoice:
     """Choose eps per system from the power ``y2`` with an operator binned once.
 
     What the plans call on every solve: the arguments are checked by the
@@ -829,9 +856,12 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
     ``exact``: the same sums unbinned (one row per system), when the caller
     has them: the objective is then returned from them, and a problem with
     fewer entries than bins is searched on them (:func:`_search`).
+    ``hist``: :meth:`RuleBins.data_hist` computed by the caller; ``y2`` may
+    then be the complex spectrum ``Y`` itself (only its shape and the noise
+    estimate's few entries are read).
     """
     rule = resolve(rule, bins)
-    fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk")
+    fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk", hist=hist)
     s2 = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2, gdims, size), y2.device)
     eps, obj = _finish(*_search(fine, rule, s2, tau, eps_range, rtol, exact=exact), lead, rule,
                        fallback_eps)

@@ -65,16 +65,26 @@ def reg_operand(plan, eps: torch.Tensor, gdims: int) -> torch.Tensor:
     return e if plan._reg_power is None else e * plan._reg_power
 
 
-def choose(plan, bins: pc.RuleBins, y2: torch.Tensor, size, gdims: int) -> pc.EpsChoice:
-    """The rule's eps per system from the power ``y2`` (no gradient)."""
+def choose(plan, bins: pc.RuleBins, Y: torch.Tensor, size, gdims: int) -> pc.EpsChoice:
+    """The rule's eps per system from the half spectrum ``Y`` (no gradient)."""
     noise = plan.noise_std
     if isinstance(noise, torch.Tensor):
         noise = noise.detach().to(torch.float64)
-    # Small tensors: one intra-op thread (two stall at every barrier when the
-    # cores are shared, measured 8x slower under load; see execution.threads).
-    with torch.no_grad(), execution.single_threaded():
-        return pc.choose_from_bins(bins, y2.detach(), plan.rule, size=size, gdims=gdims,
-                                   noise_std=noise)
+    rule = pc.resolve(plan.rule, bins)
+    with torch.no_grad():
+        # The data's half of the rule sums in one pass over Y (multi-threaded:
+        # it reads the whole spectrum).
+        Y = Y.detach()
+        nb = bins.nb + 2
+        hist = (execution.bin_power(Y, bins.idx, bins.weights, nb),
+                execution.bin_power(Y, bins.idx, bins.risk_weights, nb) if rule == "risk"
+                else None)
+        # The search runs on a few thousand bins: one intra-op thread (two
+        # stall at every barrier when the cores are shared, measured 8x
+        # slower under load; see execution.threads).
+        with execution.single_threaded():
+            return pc.choose_from_bins(bins, Y, rule, size=size, gdims=gdims, noise_std=noise,
+                                       hist=hist)
 
 
 def circular_solve(plan, image: torch.Tensor):
@@ -86,7 +96,12 @@ def circular_solve(plan, image: torch.Tensor):
     out = {}
 
     def pick(Y):
-        out["choice"] = c = choose(plan, plan._bins, spectra.power(Y), plan.image_size, gdims)
+        out["choice"] = c = choose(plan, plan._bins, Y, plan.image_size, gdims)
+        if c.eps.numel() == 1:
+            # One system: the op's scalar eps times the plan's |R|^2 (no
+            # spectrum-sized operand), kept within the dtype's normal range.
+            info = torch.finfo(plan.dtype)
+            return plan._reg_power, min(max(float(c.eps), info.tiny), info.max)
         return reg_operand(plan, c.eps, gdims), 1.0
 
     x = execution.deconv2d_chosen(y, plan.spectrum, plan.thresh, pick)
