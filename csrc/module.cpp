@@ -14,6 +14,7 @@
 #include "fft.h"
 #include "pipeline.h"
 #include "rule_bins.h"
+#include "rule_search.h"
 #include "spectral.h"
 
 namespace py = pybind11;
@@ -61,6 +62,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("bin_power", &deconv_ext::bin_power,
         "sum of weights * |Y|^2 per bin of idx, float64: (..., H, Wf) complex -> (..., nbins)",
         py::arg("Y"), py::arg("idx"), py::arg("weights"), py::arg("nbins"));
+  m.def("rule_search", &deconv_ext::rule_search,
+        "a parameter-choice rule's log eps per system over binned sums (parameter_choice._search)",
+        py::arg("q"), py::arg("wa"), py::arg("wy"), py::arg("wr"), py::arg("wry"),
+        py::arg("res_extra"), py::arg("dof_extra"), py::arg("n_data"), py::arg("s2"),
+        py::arg("rule"), py::arg("tau"), py::arg("eps_lo"), py::arg("eps_hi"), py::arg("rtol"),
+        py::arg("coarsen"), py::arg("points_per_decade"), py::arg("range_decades"),
+        py::arg("refine_points"));
   m.def("dct_solve", &deconv_ext::dct_solve,
         "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",
         py::arg("image"), py::arg("filter"));

@@ -100,7 +100,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -115,6 +115,7 @@ __all__ = [
     "EpsChoice",
     "RuleBins",
     "bin_sums",
+    "search",
     "choose_from_bins",
     "resolve",
     "half_spectrum_weights",
@@ -609,6 +610,12 @@ def _flat(values: torch.Tensor) -> torch.Tensor:
     return ~(fin.any(dim=1)) | ~(vmax - vmin > 1e-10 * big)
 
 
+def search(fine: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float):
+    """The rule's log eps per system: (log eps (B,), objective (B,), fallback mask (B,),
+    clipped mask (B,)); the reference the execution layer's C++ search follows."""
+    return _search(fine, rule, s2, tau, eps_range, rtol)
+
+
 def _search(fine: _Spectra, rule: str, s2, tau: float, eps_range, rtol: float,
             exact: Optional[_Spectra] = None):
     """log eps (B,), objective (B,), fallback mask (B,), clipped mask (B,).
@@ -845,7 +852,8 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
                      eps_range: Optional[Tuple[float, float]] = None,
                      fallback_eps: float = FALLBACK_EPS,
                      res_extra: Optional[torch.Tensor] = None,
-                     exact: Optional["_Spectra"] = None, hist=None) -> EpsChoice:
+                     exact: Optional["_Spectra"] = None, hist=None,
+                     search: Optional[Callable] = None) -> EpsChoice:
     """Choose eps per system from the power ``y2`` with an operator binned once.
 
     What the plans call on every solve: the arguments are checked by the
@@ -858,13 +866,16 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
     fewer entries than bins is searched on them (:func:`_search`).
     ``hist``: :meth:`RuleBins.data_hist` computed by the caller; ``y2`` may
     then be the complex spectrum ``Y`` itself (only its shape and the noise
-    estimate's few entries are read).
+    estimate's few entries are read). ``search``: an implementation of
+    :func:`search` with its signature (the execution layer's, which runs it
+    in C++ on the CPU); without ``exact`` it replaces this module's.
     """
     rule = resolve(rule, bins)
     fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk", hist=hist)
     s2 = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2, gdims, size), y2.device)
-    eps, obj = _finish(*_search(fine, rule, s2, tau, eps_range, rtol, exact=exact), lead, rule,
-                       fallback_eps)
+    found = (search(fine, rule, s2, tau, eps_range, rtol) if search is not None and exact is None
+             else _search(fine, rule, s2, tau, eps_range, rtol, exact=exact))
+    eps, obj = _finish(*found, lead, rule, fallback_eps)
     sigma = None if s2 is None else s2.sqrt().reshape(lead)
     per = "plane" if gdims == bins.fdims else "sample"
     return EpsChoice(eps, obj, rule, sigma, per)

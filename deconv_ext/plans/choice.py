@@ -84,7 +84,7 @@ def choose(plan, bins: pc.RuleBins, Y: torch.Tensor, size, gdims: int) -> pc.Eps
         # slower under load; see execution.threads).
         with execution.single_threaded():
             return pc.choose_from_bins(bins, Y, rule, size=size, gdims=gdims, noise_std=noise,
-                                       hist=hist)
+                                       hist=hist, search=execution.rule_search)
 
 
 def circular_solve(plan, image: torch.Tensor):

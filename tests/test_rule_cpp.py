@@ -1,11 +1,17 @@
-"""The data half of the rule sums: the C++ binning against the torch one, and the solve
-with a chosen per-plane eps against the same solve with a materialised operand."""
+"""The C++ fast paths of choosing eps by a rule, against the torch reference.
+
+* the data half of the rule sums (``bin_power``) against ``bin_sums``;
+* the search (``rule_search``) against ``parameter_choice.search``, every rule;
+* the solve with a chosen per-plane eps against the same solve with a
+  materialised operand, and one image against a batch of it.
+"""
 import pytest
 import torch
 
 import deconv_ext as dx
 from deconv_ext import execution
 from deconv_ext.execution.library import cpp
+from deconv_ext.maths import parameter_choice as pc
 from deconv_ext.maths.parameter_choice import bin_sums
 
 
@@ -75,3 +81,60 @@ def test_one_image_and_a_batch_of_it_choose_and_solve_alike(reg):
     torch.testing.assert_close(two[0], one, rtol=1e-10, atol=1e-12)
     ref = dx.deconvolve(y, psf, eps=float(c1.eps), reg=reg)
     torch.testing.assert_close(one, ref, rtol=1e-10, atol=1e-12)
+
+
+def _problem(seed, n, psf, sigma, reg, rule):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, n, n + 3, dtype=torch.float64, generator=g)
+    y = dx.convolve(x, psf) + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    y[2] = y[0].flip(-1)  # rows with different data
+    plan = dx.DeconvPlan(psf, y.shape[-2:], eps=rule, reg=reg, dtype=torch.float64)
+    fine, _ = plan._bins.spectra(torch.fft.rfft2(y).abs() ** 2, 2, risk=rule == "risk")
+    return fine, torch.full((3,), sigma ** 2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rule", ["gcv", "upre", "risk", "discrepancy", "lcurve"])
+@pytest.mark.parametrize("reg", [None, "laplacian"])
+@pytest.mark.parametrize("case", range(4))
+def test_rule_search_in_cpp_follows_the_reference(rule, reg, case):
+    psf = [dx.gaussian(1.5), dx.box(5), dx.motion(7, 30), dx.disk(2)][case]
+    n = [40, 64, 37, 96][case]
+    sigma = [1e-3, 1e-2, 5e-2, 2e-2][case]
+    fine, s2 = _problem(case, n, psf, sigma, reg, rule)
+    for eps_range in (None, (1e-6, 10.0)):
+        want = pc.search(fine, rule, s2, 1.0, eps_range, 1e-2)
+        got = cpp.rule_search(fine.q, fine.wa, fine.wy, fine.wr, fine.wry, fine.res_extra,
+                              fine.dof_extra, fine.n_data, s2, rule, 1.0,
+                              *(eps_range or (0.0, 0.0)), 1e-2, pc.COARSEN,
+                              pc.POINTS_PER_DECADE, pc.RANGE_DECADES, pc.REFINE_POINTS)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-9)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-9, atol=1e-12)
+        assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+        # The routed search is the C++ one on the CPU.
+        routed = execution.rule_search(fine, rule, s2, 1.0, eps_range, 1e-2)
+        assert torch.equal(routed[0], got[0])
+
+
+def test_rule_search_on_data_that_no_eps_moves_is_flat():
+    fine, s2 = _problem(0, 32, dx.gaussian(1.0), 1e-2, None, "gcv")
+    fine = fine._replace(wy=torch.zeros_like(fine.wy))
+    for rule in ("gcv", "discrepancy"):
+        want = pc.search(fine, rule, s2, 1.0, None, 1e-2)
+        got = execution.rule_search(fine, rule, s2, 1.0, None, 1e-2)
+        assert got[2].all() and torch.equal(got[2], want[2])
+
+
+def test_rule_search_refuses_bad_arguments():
+    fine, s2 = _problem(1, 32, dx.gaussian(1.0), 1e-2, None, "gcv")
+    args = (fine.q, fine.wa, fine.wy, fine.wr, fine.wry, fine.res_extra, fine.dof_extra,
+            fine.n_data)
+    tail = (1.0, 0.0, 0.0, 1e-2, pc.COARSEN, pc.POINTS_PER_DECADE, pc.RANGE_DECADES,
+            pc.REFINE_POINTS)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        cpp.rule_search(*args, s2, "auto", *tail)
+    with pytest.raises(ValueError, match="needs s2"):
+        cpp.rule_search(*args, None, "upre", *tail)
+    with pytest.raises(ValueError, match="wy of shape"):
+        cpp.rule_search(fine.q, fine.wa, fine.wy[:, :5], *args[3:], s2, "gcv", *tail)
+    with pytest.raises(TypeError, match="q must be Double"):
+        cpp.rule_search(fine.q.float(), *args[1:], s2, "gcv", *tail)
