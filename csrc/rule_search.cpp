@@ -21,6 +21,14 @@
 
 #include "checks.h"
 
+// The objectives' loops compiled for AVX-512, AVX2 and baseline x86-64, picked
+// at load time (as the fused solve's; the build is portable, not -march=native).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DECONV_RULE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DECONV_RULE_CLONES
+#endif
+
 namespace deconv_ext {
 namespace {
 
@@ -48,6 +56,7 @@ struct Row {
 };
 
 // The objective at log eps t (parameter_choice._objective / _terms / _risk).
+DECONV_RULE_CLONES
 double objective(const Row& r, double t, Rule rule, double n_data, double tau) {
   const double e = std::exp(t);
   const int64_t n = r.nb;
@@ -204,6 +213,54 @@ void log_range(const Row& r, double range_decades, double& lo, double& hi) {
   }
 }
 
+// The grid size shared by all rows (parameter_choice._grid): from the widest range.
+int64_t grid_size(const std::vector<double>& lo, const std::vector<double>& hi,
+                  double points_per_decade) {
+  double decades = 0;
+  for (size_t b = 0; b < lo.size(); ++b) decades = std::max(decades, (hi[b] - lo[b]) / kLn10);
+  return std::max<int64_t>(8, static_cast<int64_t>(std::ceil(decades * points_per_decade)) + 1);
+}
+
+// Nested grids of R points on [a, b] per row, all rows in lock step, until
+// the widest spacing is below log(1 + rtol) (parameter_choice._refine).
+// fun(row, t) is the objective (non-finite values never win). Writes the
+// argmin and its value per row into t_best, f_best.
+template <typename F>
+void refine(std::vector<double> a, std::vector<double> b, int64_t R, double rtol, const F& fun,
+            std::vector<double>& t_best, std::vector<double>& f_best) {
+  const int64_t B = static_cast<int64_t>(a.size());
+  const std::vector<double> u = linspace01(R);
+  const double target = std::log1p(rtol);
+  std::vector<double> x(B * R), v(B * R);
+  std::vector<int64_t> ir(B);
+  t_best.assign(B, 0.0);
+  f_best.assign(B, 0.0);
+  while (true) {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t r = b0; r < b1; ++r) {
+        for (int64_t i = 0; i < R; ++i) {
+          x[r * R + i] = a[r] + (b[r] - a[r]) * u[i];
+          v[r * R + i] = finite_or_inf(fun(r, x[r * R + i]));
+        }
+        ir[r] = argmin_first(v.data() + r * R, R);
+      }
+    });
+    double spacing = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      spacing = std::max(spacing, (b[r] - a[r]) / static_cast<double>(R - 1));
+    }
+    if (spacing <= target) break;
+    for (int64_t r = 0; r < B; ++r) {
+      a[r] = x[r * R + std::max<int64_t>(ir[r] - 1, 0)];
+      b[r] = x[r * R + std::min(ir[r] + 1, R - 1)];
+    }
+  }
+  for (int64_t r = 0; r < B; ++r) {
+    t_best[r] = x[r * R + ir[r]];
+    f_best[r] = v[r * R + ir[r]];
+  }
+}
+
 void check_rows(const char* name, const at::Tensor& t, int64_t B, int64_t nb) {
   check_dtype("rule_search", operand(name, t), at::kDouble);
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == nb, "rule_search: ", name,
@@ -270,9 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
                dec.const_data_ptr<double>()[b], has_s2 ? s2c.const_data_ptr<double>()[b] : 0.0};
   }
 
-  // The grid: one size for all rows, from the widest range.
   std::vector<double> lo(B), hi(B);
-  double decades = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (given_range) {
       lo[b] = std::log(eps_lo);
@@ -280,9 +335,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
     } else {
       log_range(rows[b], range_decades, lo[b], hi[b]);
     }
-    decades = std::max(decades, (hi[b] - lo[b]) / kLn10);
   }
-  const int64_t G = std::max<int64_t>(8, static_cast<int64_t>(std::ceil(decades * points_per_decade)) + 1);
+  const int64_t G = grid_size(lo, hi, points_per_decade);
   const std::vector<double> ug = linspace01(G), ur = linspace01(refine_points);
   std::vector<double> tgrid(B * G), vals(B * G);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -302,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
   bool* clipped = clip_out.mutable_data_ptr<bool>();
   const int64_t R = refine_points;
   const double target_width = std::log1p(rtol);
-  std::vector<double> a(B), bb(B), x(B * R), v(B * R);
+  std::vector<double> a(B), bb(B), x(B * R);
   std::vector<double> energy(B, 0.0);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t i = 0; i < nb; ++i) energy[b] += rows[b].wy[i];
@@ -369,38 +423,176 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
     bb[b] = tgrid[b * G + std::min(ig[b] + 1, G - 1)];
   }
   // Nested grids of R points, all rows in lock step (parameter_choice._refine).
-  std::vector<int64_t> ir(B);
-  while (true) {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t i = 0; i < R; ++i) {
-          x[b * R + i] = a[b] + (bb[b] - a[b]) * ur[i];
-          v[b * R + i] = finite_or_inf(objective(rows[b], x[b * R + i], rule, n_data, tau));
-        }
-        ir[b] = argmin_first(v.data() + b * R, R);
-      }
-    });
-    double spacing = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      spacing = std::max(spacing, (bb[b] - a[b]) / static_cast<double>(R - 1));
-    }
-    if (spacing <= target_width) break;
-    for (int64_t b = 0; b < B; ++b) {
-      a[b] = x[b * R + std::max<int64_t>(ir[b] - 1, 0)];
-      bb[b] = x[b * R + std::min(ir[b] + 1, R - 1)];
-    }
-  }
+  auto fine = [&](int64_t b, double t) { return objective(rows[b], t, rule, n_data, tau); };
+  std::vector<double> tbest, fbest;
+  refine(a, bb, R, rtol, fine, tbest, fbest);
   for (int64_t b = 0; b < B; ++b) {
-    double tb = x[b * R + ir[b]];
-    const double fb = v[b * R + ir[b]];
+    double tb = tbest[b];
     // Keep the grid point if the refinement did not improve on it (a minimum
     // at the end of the range).
     const double tg = tgrid[b * G + ig[b]];
-    if (!(fb <= finite_or_inf(objective(rows[b], tg, rule, n_data, tau)))) tb = tg;
+    if (!(fbest[b] <= finite_or_inf(fine(b, tg)))) tb = tg;
     t_res[b] = tb;
     o_res[b] = objective(rows[b], tb, rule, n_data, tau);
   }
   return {t_out, obj_out, flat_out, clip_out};
+}
+
+namespace {
+
+// One system of the padded path's edge-aware risk (parameter_choice._edge_risk).
+struct EdgeRow {
+  const double *q, *wr, *wry, *wy, *pw, *dc_q, *dc_pow;
+  int64_t nb, planes;
+  double scale, s2;
+};
+
+DECONV_RULE_CLONES
+double edge_risk(const EdgeRow& r, double t, double rho, double k2_max) {
+  const double e = std::exp(t);
+  double sig = 0, noise = 0, seam = 0, passed = 0;
+#pragma omp simd reduction(+ : sig, noise, seam, passed)
+  for (int64_t i = 0; i < r.nb; ++i) {
+    const double d = 1.0 / (r.q[i] + e);
+    const double g = e * d, f = 1.0 - g;
+    const double amp = r.q[i] * d * d;  // f^2 / |K|^2 times |R|^2
+    sig += g * g * r.pw[i];
+    noise += amp * r.wr[i];
+    seam += amp * r.wry[i];
+    passed += f * f * r.wy[i];
+  }
+  double out = r.scale * sig + r.s2 * noise;
+  for (int64_t p = 0; p < r.planes; ++p) {
+    if (!std::isfinite(r.dc_q[p])) continue;  // DC kept: no DC bias
+    const double g = e / (r.dc_q[p] + e);
+    out += g * g * r.dc_pow[p];
+  }
+  if (rho != 0) out += rho * (seam - passed / k2_max);
+  return out;
+}
+
+// Bins `factor` times wider: geometric centres of q, sums of the weights.
+struct EdgeCoarse {
+  std::vector<double> q, wr, wry, wy, pw;
+  EdgeRow row;
+};
+
+EdgeCoarse coarsen_edge(const EdgeRow& r, int64_t factor) {
+  EdgeCoarse c;
+  const int64_t m = r.nb / factor;
+  for (auto* v : {&c.q, &c.wr, &c.wry, &c.wy, &c.pw}) v->assign(m, 0.0);
+  for (int64_t j = 0; j < m; ++j) {
+    double lq = 0;
+    for (int64_t i = j * factor; i < (j + 1) * factor; ++i) {
+      lq += std::log(r.q[i]);
+      c.wr[j] += r.wr[i];
+      c.wry[j] += r.wry[i];
+      c.wy[j] += r.wy[i];
+      c.pw[j] += r.pw[i];
+    }
+    c.q[j] = std::exp(lq / static_cast<double>(factor));
+  }
+  c.row = r;
+  c.row.q = c.q.data();
+  c.row.wr = c.wr.data();
+  c.row.wry = c.wry.data();
+  c.row.wy = c.wy.data();
+  c.row.pw = c.pw.data();
+  c.row.nb = m;
+  return c;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> edge_risk_search(
+    const at::Tensor& q, const at::Tensor& wa, const at::Tensor& wr, const at::Tensor& wry,
+    const at::Tensor& wy, const at::Tensor& prior_weight, const at::Tensor& scale,
+    const at::Tensor& dc_q, const at::Tensor& dc_power, const at::Tensor& s2, double rho,
+    double k2_max, double rtol, int64_t coarsen_by, double points_per_decade,
+    double range_decades, int64_t refine_points) {
+  check_cpu_operands("edge_risk_search",
+                     {operand("q", q), operand("wa", wa), operand("wr", wr), operand("wry", wry),
+                      operand("wy", wy), operand("prior_weight", prior_weight),
+                      operand("scale", scale), operand("dc_q", dc_q),
+                      operand("dc_power", dc_power), operand("s2", s2)});
+  TORCH_CHECK_VALUE(q.dim() == 2 && q.size(1) > 0, "edge_risk_search: q must be (B, nb), got ",
+                    q.sizes());
+  const int64_t B = q.size(0), nb = q.size(1);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"wa", &wa},
+                                {"wr", &wr}, {"wry", &wry}, {"wy", &wy},
+                                {"prior_weight", &prior_weight}}) {
+    check_rows(name, *t, B, nb);
+  }
+  check_vector("scale", scale, B);
+  check_vector("s2", s2, B);
+  TORCH_CHECK_VALUE(dc_q.dim() == 2 && dc_q.size(0) == B && dc_power.sizes() == dc_q.sizes(),
+                    "edge_risk_search: dc_q and dc_power must be (B, planes), got ", dc_q.sizes(),
+                    " and ", dc_power.sizes());
+  check_dtype("edge_risk_search", operand("dc_q", dc_q), at::kDouble);
+  check_dtype("edge_risk_search", operand("dc_power", dc_power), at::kDouble);
+  TORCH_CHECK_VALUE(refine_points >= 3 && points_per_decade > 0 && rtol > 0 && range_decades > 0 &&
+                        k2_max > 0 && coarsen_by >= 1,
+                    "edge_risk_search: refine_points >= 3, coarsen >= 1 and positive "
+                    "points_per_decade, rtol, range_decades and k2_max are needed");
+  auto f64 = q.options().dtype(at::kDouble);
+  at::Tensor t_out = at::empty({B}, f64), f_out = at::empty({B}, f64);
+  if (B == 0) return {t_out, f_out};
+  const at::Tensor qc = q.contiguous(), ac = wa.contiguous(), rc = wr.contiguous(),
+                   ryc = wry.contiguous(), yc = wy.contiguous(), pc = prior_weight.contiguous(),
+                   sc = scale.contiguous(), s2c = s2.contiguous(), dqc = dc_q.contiguous(),
+                   dpc = dc_power.contiguous();
+  const int64_t P = dc_q.size(1);
+  std::vector<EdgeRow> rows(B);
+  std::vector<double> lo(B), hi(B);
+  for (int64_t b = 0; b < B; ++b) {
+    rows[b] = {qc.const_data_ptr<double>() + b * nb, rc.const_data_ptr<double>() + b * nb,
+               ryc.const_data_ptr<double>() + b * nb, yc.const_data_ptr<double>() + b * nb,
+               pc.const_data_ptr<double>() + b * nb, dqc.const_data_ptr<double>() + b * P,
+               dpc.const_data_ptr<double>() + b * P, nb, P, sc.const_data_ptr<double>()[b],
+               s2c.const_data_ptr<double>()[b]};
+    // The range where the filter factors move (parameter_choice._log_range).
+    const Row range_row{rows[b].q, ac.const_data_ptr<double>() + b * nb, nullptr, nullptr,
+                        nullptr, nb, 0.0, 0.0, 0.0};
+    log_range(range_row, range_decades, lo[b], hi[b]);
+  }
+  auto fun = [&](int64_t b, double t) { return edge_risk(rows[b], t, rho, k2_max); };
+  // The grid stage on bins `coarsen_by` times wider (minimise_edge_risk).
+  const bool can_coarsen = nb % coarsen_by == 0 && coarsen_by > 1;
+  std::vector<EdgeCoarse> wide(can_coarsen ? B : 0);
+  for (int64_t b = 0; b < static_cast<int64_t>(wide.size()); ++b) {
+    wide[b] = coarsen_edge(rows[b], coarsen_by);
+  }
+  auto grid_fun = [&](int64_t b, double t) {
+    return edge_risk(can_coarsen ? wide[b].row : rows[b], t, rho, k2_max);
+  };
+  // parameter_choice._minimise: a grid, then the nested refinement.
+  const int64_t G = grid_size(lo, hi, points_per_decade);
+  const std::vector<double> ug = linspace01(G);
+  std::vector<double> a(B), bb(B), tg(B), fg(B);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> t(G), v(G);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t j = 0; j < G; ++j) {
+        t[j] = lo[b] + (hi[b] - lo[b]) * ug[j];
+        v[j] = finite_or_inf(grid_fun(b, t[j]));
+      }
+      const int64_t i = argmin_first(v.data(), G);
+      a[b] = t[std::max<int64_t>(i - 1, 0)];
+      bb[b] = t[std::min(i + 1, G - 1)];
+      tg[b] = t[i];
+      fg[b] = finite_or_inf(fun(b, t[i]));  // the grid point's value on the bins themselves
+    }
+  });
+  std::vector<double> tbest, fbest;
+  refine(a, bb, refine_points, rtol, fun, tbest, fbest);
+  double* tr = t_out.mutable_data_ptr<double>();
+  double* fr = f_out.mutable_data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    const bool better = fbest[b] <= fg[b];
+    tr[b] = better ? tbest[b] : tg[b];
+    fr[b] = better ? fbest[b] : fg[b];
+  }
+  return {t_out, f_out};
 }
 
 }  // namespace deconv_ext

@@ -38,7 +38,7 @@ from .threads import call_single_threaded
 
 __all__ = ["TABLE", "route", "deconv2d", "deconv2d_chosen", "filter2d", "padded_deconv2d", "dct_solve", "pad",
            "pad_adjoint", "crop", "kernel_spectrum", "spectral_power", "channel_mix", "bin_power",
-           "rule_search"]
+           "rule_search", "edge_risk_search", "RULE_KERNELS"]
 
 _FFT_ROUTES = ("pipeline", "scipy", "pyfftw")
 
@@ -312,7 +312,7 @@ def bin_power(Y, idx, weights, nbins: int):
         tuple(weights.shape) in ((Wf,), (H, Wf)))
     if shared and route(Y, fft=False) == "pipeline":
         return cpp.bin_power(Y.detach(), idx, weights, nbins)
-    return pc.bin_sums(idx, (Y.real ** 2 + Y.imag ** 2).to(torch.float64) * weights, nbins, 2)
+    return pc.power_bins(Y, idx, weights, nbins)
 
 
 def rule_search(fine, rule: str, s2, tau: float, eps_range, rtol: float):
@@ -328,6 +328,23 @@ def rule_search(fine, rule: str, s2, tau: float, eps_range, rtol: float):
     return cpp.rule_search(fine.q, fine.wa, fine.wy, fine.wr, fine.wry, fine.res_extra,
                            fine.dof_extra, fine.n_data, s2, rule, tau, lo, hi, rtol, pc.COARSEN,
                            pc.POINTS_PER_DECADE, pc.RANGE_DECADES, pc.REFINE_POINTS)
+
+
+def edge_risk_search(spE, prior, s2, rho: float, k2_max: float, rtol: float):
+    """:func:`~deconv_ext.maths.parameter_choice.minimise_edge_risk` (same signature and
+    result): the C++ search on eager CPU tensors, else the reference."""
+    if cpp is None or route(spE.q, fft=False) != "pipeline":
+        return pc.minimise_edge_risk(spE, prior, s2, rho, k2_max, rtol)
+    return cpp.edge_risk_search(spE.q, spE.wa, spE.wr, spE.wry, spE.wy, prior.weight,
+                                prior.scale, prior.dc_q, prior.dc_power, s2, rho, k2_max, rtol,
+                                pc.COARSEN, pc.POINTS_PER_DECADE, pc.RANGE_DECADES,
+                                pc.REFINE_POINTS)
+
+
+#: The steps of a rule's choice, routed (C++ on eager CPU tensors): what the
+#: plans hand to :mod:`deconv_ext.maths.parameter_choice`.
+RULE_KERNELS = pc.RuleKernels(search=rule_search, edge_search=edge_risk_search,
+                              bin_power=bin_power)
 
 
 def channel_mix(Y, G, adjoint: bool):

@@ -130,11 +130,14 @@ __all__ = [
     "rule_objective_svd",
     "tukey_window",
     "default_taper",
-    "window_power",
-    "seam_power",
+    "window_spectrum",
+    "seam_spectrum",
+    "RuleKernels",
+    "power_bins",
     "choose_padded_from_bins",
     "padded_bins",
     "edge_factor",
+    "minimise_edge_risk",
     "choose_eps_padded",
     "EDGE_WEIGHT",
     "AUTO_RULE",
@@ -218,6 +221,24 @@ def bin_sums(idx: torch.Tensor, v: torch.Tensor, nbins: int, fdims: int) -> torc
     flat_i = idx.expand(v.shape).flatten(-fdims)
     out = torch.zeros(*lead, nbins, dtype=torch.float64, device=v.device)
     return out.scatter_add_(-1, flat_i, v.to(torch.float64).flatten(-fdims))
+
+
+def power_bins(Z: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+               nbins: int) -> torch.Tensor:
+    """``sum weights |Z|^2`` per bin of ``idx`` over the last two dims, float64:
+    (..., H, Wf) complex -> (..., nbins) (the reference of the C++ ``bin_power``)."""
+    return bin_sums(idx, _power(Z) * weights, nbins, 2)
+
+
+class RuleKernels(NamedTuple):
+    """The three steps of a rule's choice whose cost grows with the image or the
+    bins, as callables: this module's torch code by default (:data:`REFERENCE`,
+    any device); the execution layer passes its routed ones (C++ on the CPU),
+    which follow it to rounding."""
+
+    search: Callable            # as search()
+    edge_search: Callable       # as minimise_edge_risk()
+    bin_power: Callable         # as power_bins()
 
 
 class RuleBins:
@@ -367,6 +388,14 @@ class RuleBins:
         y = y2.to(torch.float64)
         wy = self._hist(self.idx, y * self.weights)
         return wy, (self._hist(self.idx, y * self.risk_weights) if risk else None)
+
+    def power_hist(self, Z: torch.Tensor, risk: bool, bin_power: Callable):
+        """:meth:`data_hist` of ``|Z|^2`` from the complex half spectrum ``Z``
+        (..., H, W // 2 + 1), binned by ``bin_power`` (a :class:`RuleKernels`
+        entry: :func:`power_bins` or the execution layer's one-pass C++)."""
+        nb = self.nb + 2
+        return (bin_power(Z, self.idx, self.weights, nb),
+                bin_power(Z, self.idx, self.risk_weights, nb) if risk else None)
 
     def spectra(self, y2: torch.Tensor, gdims: int, res_extra: Optional[torch.Tensor] = None,
                 risk: bool = False, hist=None) -> Tuple["_Spectra", torch.Size]:
@@ -853,7 +882,7 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
                      fallback_eps: float = FALLBACK_EPS,
                      res_extra: Optional[torch.Tensor] = None,
                      exact: Optional["_Spectra"] = None, hist=None,
-                     search: Optional[Callable] = None) -> EpsChoice:
+                     kernels: Optional[RuleKernels] = None) -> EpsChoice:
     """Choose eps per system from the power ``y2`` with an operator binned once.
 
     What the plans call on every solve: the arguments are checked by the
@@ -866,15 +895,14 @@ def choose_from_bins(bins: RuleBins, y2: torch.Tensor, rule: str, *, size: Tuple
     fewer entries than bins is searched on them (:func:`_search`).
     ``hist``: :meth:`RuleBins.data_hist` computed by the caller; ``y2`` may
     then be the complex spectrum ``Y`` itself (only its shape and the noise
-    estimate's few entries are read). ``search``: an implementation of
-    :func:`search` with its signature (the execution layer's, which runs it
-    in C++ on the CPU); without ``exact`` it replaces this module's.
+    estimate's few entries are read). ``kernels``: :class:`RuleKernels`
+    (default :data:`REFERENCE`); ``exact`` is always searched here.
     """
     rule = resolve(rule, bins)
     fine, lead = bins.spectra(y2, gdims, res_extra=res_extra, risk=rule == "risk", hist=hist)
     s2 = _noise_var(noise_std, rule, lead, lambda: bins.noise_std(y2, gdims, size), y2.device)
-    found = (search(fine, rule, s2, tau, eps_range, rtol) if search is not None and exact is None
-             else _search(fine, rule, s2, tau, eps_range, rtol, exact=exact))
+    found = ((kernels or REFERENCE).search(fine, rule, s2, tau, eps_range, rtol)
+             if exact is None else _search(fine, rule, s2, tau, eps_range, rtol, exact=exact))
     eps, obj = _finish(*found, lead, rule, fallback_eps)
     sigma = None if s2 is None else s2.sqrt().reshape(lead)
     per = "plane" if gdims == bins.fdims else "sample"
@@ -1208,15 +1236,16 @@ def default_taper(size: Tuple[int, int], psf_size: Tuple[int, int]) -> int:
     return max(1, min(taper, min(size) // 4))
 
 
-def window_power(image: torch.Tensor, fft_size: Tuple[int, int],
-                 taper: int) -> Tuple[torch.Tensor, float]:
-    """``|rfft2(w (y - mean))|^2`` of the observed region, and ``sum(w^2) / (Nh Nw)``.
+def window_spectrum(image: torch.Tensor, fft_size: Tuple[int, int],
+                    taper: int) -> Tuple[torch.Tensor, float]:
+    """``rfft2(w (y - mean))`` of the observed region, and ``sum(w^2) / (Nh Nw)``.
 
     ``w`` is a separable Tukey window (raised-cosine ramps of ``taper``
     pixels inside the image edge), the product sits at (0, 0) of a zero
     (Nh, Nw) buffer (a circular shift changes no power spectrum). The mean is
     removed first: the window would otherwise print its own spectrum (a
-    bright, sharp-edged plateau) on the data. float64, (..., Nh, Nw // 2 + 1).
+    bright, sharp-edged plateau) on the data. Complex (..., Nh, Nw // 2 + 1), in
+    the image's precision (:func:`_rule_dtype`); its power is what the rules bin.
     """
     H, W = image.shape[-2:]
     Nh, Nw = fft_size
@@ -1227,7 +1256,7 @@ def window_power(image: torch.Tensor, fft_size: Tuple[int, int],
     mean = x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float64).to(x.dtype)
     # sum(w^2) of the separable window: the product of its factors' sums.
     energy = float((rows * rows).sum()) * float((cols * cols).sum())
-    return _power(torch.fft.rfft2((x - mean) * win, s=(Nh, Nw))), energy / (Nh * Nw)
+    return torch.fft.rfft2((x - mean) * win, s=(Nh, Nw)), energy / (Nh * Nw)
 
 
 def _rule_dtype(image: torch.Tensor) -> torch.Tensor:
@@ -1244,9 +1273,9 @@ def _power(Z: torch.Tensor) -> torch.Tensor:
     return (Z.real.square() + Z.imag.square()).to(torch.float64)
 
 
-def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int, int],
-               mode: str) -> torch.Tensor:
-    """Power spectrum of the error a boundary extension makes, measured on the image.
+def seam_spectrum(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int, int],
+                  mode: str) -> torch.Tensor:
+    """Spectrum of the error a boundary extension makes, measured on the image.
 
     The fast path extends the observation by ``mode`` past its edges, where
     the true blurred scene goes on otherwise; that difference is the
@@ -1254,9 +1283,9 @@ def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int
     outside the image, but the same extension made from the image's interior
     can be checked against the image itself: ``d = y - pad_mode(y[mt:-mt,
     ml:-ml])`` is the extension error over a border of ``margin = (mt, ml)``
-    pixels, a sample of the same statistics. Returns ``|rfft2(d)|^2`` in a zero
-    (Nh, Nw) buffer, float64, (..., Nh, Nw // 2 + 1); zeros when the image is
-    too small to hold a margin.
+    pixels, a sample of the same statistics. Returns ``rfft2(d)`` of a zero
+    (Nh, Nw) buffer, complex (..., Nh, Nw // 2 + 1) in the image's precision;
+    zeros when the image is too small to hold a margin.
     """
     H, W = image.shape[-2:]
     Nh, Nw = fft_size
@@ -1264,11 +1293,11 @@ def seam_power(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int
     mt = max(0, min(int(margin[0]), (H - 1) // 2))
     ml = max(0, min(int(margin[1]), (W - 1) // 2))
     if mt == 0 and ml == 0:
-        return torch.zeros(*x.shape[:-2], Nh, Nw // 2 + 1, dtype=torch.float64,
-                           device=x.device)
+        cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        return torch.zeros(*x.shape[:-2], Nh, Nw // 2 + 1, dtype=cdt, device=x.device)
     inner = x[..., mt:H - mt, ml:W - ml]
     d = x - pad_extend(inner, mt, ml, H, W, mode).to(x.dtype)
-    return _power(torch.fft.rfft2(d, s=(Nh, Nw)))
+    return torch.fft.rfft2(d, s=(Nh, Nw))
 
 
 class _Prior(NamedTuple):
@@ -1310,10 +1339,14 @@ def _edge_risk(spE: _Spectra, prior: _Prior, t: torch.Tensor, s2: torch.Tensor, 
     return out
 
 
-def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float):
-    """Grid (:data:`POINTS_PER_DECADE`) then :func:`_refine`: argmin of ``fun`` (B, G) -> (B,)."""
+def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float, grid_fun=None):
+    """Grid (:data:`POINTS_PER_DECADE`) then :func:`_refine`: argmin of ``fun`` (B, G) -> (B,).
+
+    ``grid_fun``: the objective the grid stage evaluates (default ``fun``; a
+    cheaper one on coarser bins, as :func:`_search` uses).
+    """
     t = _grid(lo, hi)
-    vals = fun(t)
+    vals = (grid_fun or fun)(t)
     vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
     i = vals.argmin(dim=1)
     G = t.shape[1]
@@ -1331,32 +1364,60 @@ def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float):
     return torch.where(better, tb, tg), torch.where(better, fb, fg)
 
 
-def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
-                E2: torch.Tensor, dc_power: torch.Tensor, s2: torch.Tensor, gdims: int,
-                rho: float, rtol: float = 1e-2,
-                window_scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+def minimise_edge_risk(spE: _Spectra, prior: _Prior, s2: torch.Tensor, rho: float,
+                       k2_max: float, rtol: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """argmin over log eps of :func:`_edge_risk` per system, and the risk there: (B,), (B,).
+
+    A grid over the range the seam sums imply, then the nested refinement;
+    the reference the execution layer's C++ ``edge_risk_search`` follows.
+    """
+    lo, hi = _log_range(spE, None)
+    # The grid stage on bins COARSEN times wider (as _search's).
+    coarse = _coarsen(spE, COARSEN)
+    B, nb = prior.weight.shape
+    wide = prior if coarse is spE else prior._replace(
+        weight=prior.weight.reshape(B, nb // COARSEN, COARSEN).sum(-1))
+    return _minimise(lambda t: _edge_risk(spE, prior, t, s2, rho, k2_max), lo, hi, rtol,
+                     grid_fun=lambda t: _edge_risk(coarse, wide, t, s2, rho, k2_max))
+
+
+#: This module's own implementations of the :class:`RuleKernels` steps.
+REFERENCE = RuleKernels(search=search, edge_search=minimise_edge_risk, bin_power=power_bins)
+
+
+def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", Zw: torch.Tensor,
+                ZE: torch.Tensor, dc_power: torch.Tensor, s2: torch.Tensor, gdims: int,
+                rho: float, rtol: float = 1e-2, window_scale: float = 1.0,
+                kernels: Optional[RuleKernels] = None,
+                prior_hist=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """How much the fast path's edge error raises eps, and the risk there, per system.
 
     ``eps_E / eps_0``: the minimisers of :func:`_edge_risk` with and without
     the seam term, for the user's filter (``bins``), the prior calibrated by
-    GCV with the Laplacian (``prior_bins``) on the windowed power ``y2w``.
-    ``E2`` the seam power (:func:`seam_power`), ``dc_power`` the DC signal
-    power ``N mean^2`` per plane (``E2.shape[:-2]``), ``s2`` the noise
-    variance per system (image units), ``window_scale`` the window's
-    ``sum(w^2) / (Nh Nw)`` (what turns window units into image units).
+    GCV with the Laplacian (``prior_bins``) on the window's spectrum ``Zw``
+    (:func:`window_spectrum`). ``ZE`` the seam error's spectrum
+    (:func:`seam_spectrum`), ``dc_power`` the DC signal power ``N mean^2``
+    per plane (``ZE.shape[:-2]``), ``s2`` the noise variance per system
+    (image units), ``window_scale`` the window's ``sum(w^2) / (Nh Nw)`` (what
+    turns window units into image units). ``kernels``: :class:`RuleKernels`
+    (default :data:`REFERENCE`); ``prior_hist``: ``prior_bins``' histogram of
+    ``Zw`` when the caller has it.
 
     Returns ``(factor, risk)``, each (B,) float64: the factor (>= 1 up to the
     search's resolution) and the risk estimate at ``eps_E`` (the squared
     error summed over the buffer, up to an eps-independent constant).
     """
-    spE, _ = bins.spectra(E2, gdims, risk=True)
+    k = kernels or REFERENCE
+    spE, _ = bins.spectra(ZE, gdims, risk=True, hist=bins.power_hist(ZE, True, k.bin_power))
     # GCV with the Laplacian on the window (choose_from_bins' search, on sums
     # binned once: the prior's scale below reads them again).
-    sp_l, lead_l = prior_bins.spectra(y2w, gdims)
-    eps_l, _ = _finish(*_search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
+    if prior_hist is None:
+        prior_hist = prior_bins.power_hist(Zw, False, k.bin_power)
+    sp_l, lead_l = prior_bins.spectra(Zw, gdims, hist=prior_hist)
+    eps_l, _ = _finish(*k.search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
                        FALLBACK_EPS)
     eps_l = eps_l.reshape(-1)
-    dc_q = bins.grouped_dc_q(E2.shape, gdims)
+    dc_q = bins.grouped_dc_q(ZE.shape, gdims)
     # The prior's scale is the variance GCV fitted (its residual per degree of
     # freedom, Wahba's estimate) over eps_L, not the noise estimate: on a
     # noise-free image the window's own error sets eps_L, and the noise
@@ -1364,11 +1425,10 @@ def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", y2w: torch.Tensor,
     # leaving the seam term alone to choose eps.
     fit = _terms_at(sp_l, lead_l, eps_l.reshape(lead_l))
     s2_fit = torch.maximum(s2, (fit.residual / fit.dof).reshape(-1) / window_scale)
-    prior = _Prior(bins.grouped(bins.prior_w, E2.shape, gdims), s2_fit / eps_l, dc_q,
+    prior = _Prior(bins.grouped(bins.prior_w, ZE.shape, gdims), s2_fit / eps_l, dc_q,
                    dc_power.reshape(dc_q.shape))
-    lo, hi = _log_range(spE, None)
-    t0, _ = _minimise(lambda t: _edge_risk(spE, prior, t, s2, 0.0, bins.k2_max), lo, hi, rtol)
-    tE, fE = _minimise(lambda t: _edge_risk(spE, prior, t, s2, rho, bins.k2_max), lo, hi, rtol)
+    t0, _ = k.edge_search(spE, prior, s2, 0.0, bins.k2_max, rtol)
+    tE, fE = k.edge_search(spE, prior, s2, rho, bins.k2_max, rtol)
     return torch.exp(tE - t0), fE
 
 
@@ -1394,12 +1454,13 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
                             tau: float = 1.0, rtol: float = 1e-2,
                             eps_range: Optional[Tuple[float, float]] = None,
                             fallback_eps: float = FALLBACK_EPS,
-                            edge_weight: float = None) -> EpsChoice:
+                            edge_weight: float = None,
+                            kernels: Optional[RuleKernels] = None) -> EpsChoice:
     """Choose eps for the padded fast path; the bins hold the padded-size operator.
 
     Two steps (module docstring, "Non-circular boundaries"): the rule on the
-    windowed observed region (:func:`window_power`), then eps times the edge
-    factor (:func:`edge_factor`, with the seam error of :func:`seam_power`
+    windowed observed region (:func:`window_spectrum`), then eps times the edge
+    factor (:func:`edge_factor`, with the seam error of :func:`seam_spectrum`
     weighted by :data:`EDGE_WEIGHT`). ``bins``: the user's regulariser, built
     with ``prior_r2`` (the Laplacian's power) and ``risk=True``;
     ``prior_bins``: the Laplacian's (the same object when the user's
@@ -1408,42 +1469,49 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
     PSF's half size plus one); ``noise_std`` in image units (None: the
     spectral estimate on the windowed region). The objective returned is
     the rule's on the window when ``edge_weight=0``, else the edge-aware
-    risk estimate per pixel at the chosen eps.
+    risk estimate per pixel at the chosen eps. ``kernels``:
+    :class:`RuleKernels` (default :data:`REFERENCE`).
     """
+    k = kernels or REFERENCE
     rho = EDGE_WEIGHT if edge_weight is None else float(edge_weight)
     H, W = image.shape[-2:]
     taper = default_taper((H, W), psf_size) if taper is None else int(taper)
     if margin is None:
         margin = (psf_size[0] // 2 + 1, psf_size[1] // 2 + 1)
-    y2w, scale = window_power(image, fft_size, taper)
-    lead = y2w.shape[:-gdims]
+    Zw, scale = window_spectrum(image, fft_size, taper)
+    lead = Zw.shape[:-gdims]
     rule = resolve(rule, bins, padded=True)
-    # The noise level in window units (what the rules on y2w expect) and in image units.
+    hist_w = bins.power_hist(Zw, rule == "risk", k.bin_power)
+    # The noise level in window units (what the rules on Zw expect) and in image units.
     if noise_std is None:
-        s_win = bins.noise_std(y2w, gdims, fft_size).reshape(lead)
+        s_win = bins.noise_std(Zw, gdims, fft_size).reshape(lead)
     elif isinstance(noise_std, torch.Tensor):
         s_win = noise_std.to(torch.float64).expand(lead) * math.sqrt(scale)
     else:
         s_win = torch.full(lead, float(noise_std) * math.sqrt(scale), dtype=torch.float64,
-                           device=y2w.device)
-    inner = choose_from_bins(bins, y2w, rule, size=fft_size, gdims=gdims,
+                           device=Zw.device)
+    inner = choose_from_bins(bins, Zw, rule, size=fft_size, gdims=gdims,
                              noise_std=s_win if rule in NEEDS_NOISE else None, tau=tau,
-                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps)
+                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps,
+                             hist=hist_w, kernels=k)
     s_img = (s_win / math.sqrt(scale)).reshape(lead)
     if rho == 0:
         return inner._replace(noise_std=s_img)
     n_buf = fft_size[0] * fft_size[1]
     # |X(0)|^2 / N of the buffer: N mean^2.
     dc_power = n_buf * image.detach().to(torch.float64).mean(dim=(-2, -1)) ** 2
-    E2 = seam_power(image, fft_size, margin, mode)
-    factor, risk = edge_factor(bins, prior_bins, y2w, E2, dc_power, (s_img * s_img).reshape(-1),
-                               gdims, rho, rtol, window_scale=scale)
+    ZE = seam_spectrum(image, fft_size, margin, mode)
+    factor, risk = edge_factor(bins, prior_bins, Zw, ZE, dc_power, (s_img * s_img).reshape(-1),
+                               gdims, rho, rtol, window_scale=scale, kernels=k,
+                               prior_hist=(hist_w[0], None) if prior_bins is bins else None)
     risk = risk / n_buf
     eps = inner.eps.reshape(-1) * factor.clamp(min=1.0)
     if eps_range is not None:
         eps = eps.clamp(max=float(eps_range[1]))
     # A system the rule could not decide keeps the fallback.
-    undecided = ~(y2w.flatten(-gdims).sum(-1).reshape(-1) > 0)
+    # (No power in the window: every weight c(w) > 0, so its binned sum is 0.)
+    power = hist_w[0].sum(-1)
+    undecided = ~((power.sum(-1) if gdims > 2 else power).reshape(-1) > 0)
     eps = torch.where(undecided, torch.full_like(eps, fallback_eps), eps)
     return EpsChoice(eps.reshape(lead), risk.reshape(lead), rule, s_img, inner.per)
 
@@ -1474,7 +1542,7 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
        variance ``s^2 sum(w^2) / (Nh Nw)`` on the buffer;
     2. eps is then raised as far as an edge-aware risk estimate asks: the
        rule's eps calibrates a Wiener prior, the seam error is measured on
-       the image (:func:`seam_power`), and the filter's amplification of it
+       the image (:func:`seam_spectrum`), and the filter's amplification of it
        is weighed against the bias (:func:`_edge_risk`). ``edge_weight=0``
        skips this step.
 

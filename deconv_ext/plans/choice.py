@@ -75,16 +75,13 @@ def choose(plan, bins: pc.RuleBins, Y: torch.Tensor, size, gdims: int) -> pc.Eps
         # The data's half of the rule sums in one pass over Y (multi-threaded:
         # it reads the whole spectrum).
         Y = Y.detach()
-        nb = bins.nb + 2
-        hist = (execution.bin_power(Y, bins.idx, bins.weights, nb),
-                execution.bin_power(Y, bins.idx, bins.risk_weights, nb) if rule == "risk"
-                else None)
+        hist = bins.power_hist(Y, rule == "risk", execution.RULE_KERNELS.bin_power)
         # The search runs on a few thousand bins: one intra-op thread (two
         # stall at every barrier when the cores are shared, measured 8x
         # slower under load; see execution.threads).
         with execution.single_threaded():
             return pc.choose_from_bins(bins, Y, rule, size=size, gdims=gdims, noise_std=noise,
-                                       hist=hist, search=execution.rule_search)
+                                       hist=hist, kernels=execution.RULE_KERNELS)
 
 
 def circular_solve(plan, image: torch.Tensor):
@@ -126,7 +123,8 @@ def padded_solve(plan, image: torch.Tensor):
     with torch.no_grad(), execution.single_threaded():
         chosen = pc.choose_padded_from_bins(
             plan._bins, plan._prior_bins, image.detach(), plan.rule, fft_size=(Nh, Nw),
-            psf_size=tuple(plan.psf.shape[-2:]), mode=mode, gdims=gdims, noise_std=noise)
+            psf_size=tuple(plan.psf.shape[-2:]), mode=mode, gdims=gdims, noise_std=noise,
+            kernels=execution.RULE_KERNELS)
     reg = reg_operand(plan, chosen.eps, gdims)
     if not plan.taper:
         x = execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
