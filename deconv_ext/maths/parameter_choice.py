@@ -159,7 +159,10 @@ EDGE_DECADES = 8.0
 FALLBACK_EPS = 1e-2
 POINTS_PER_DECADE = 3
 # Bins per decade of q for the refinement, and the grid's bins are COARSEN of them.
-FINE_PER_DECADE = 160
+# At 1/80 decade a bin's midpoint error is ~1e-4 of a filter factor's sum, far
+# below what rtol resolves: bench_eps.py gave the same gaps as with 160 (whose
+# search cost twice as much).
+FINE_PER_DECADE = 80
 COARSEN = 8
 RANGE_DECADES = 14.0
 # q more than this many decades below the largest share the lowest bin.
@@ -248,8 +251,8 @@ class RuleBins:
     function of ``log q`` (``q = |K|^2 / |R|^2``), possibly times ``|Y|^2`` or
     ``1 / |R|^2``. A filter factor moves over about a decade of ``q``, so
     frequencies whose ``q`` falls in a narrow bin can share it: the sums run
-    over :data:`FINE_PER_DECADE` bins per decade (the grid over a tenth of
-    that) with a relative error far below what the search resolves. The bin of
+    over :data:`FINE_PER_DECADE` bins per decade (the grid over :data:`COARSEN`
+    times wider ones) with a relative error far below what the search resolves. The bin of
     each frequency depends only on the operator: a plan builds it once, and a
     call costs one weighted histogram of ``|Y|^2`` (no FFT) plus a search over
     a few thousand bins, whatever the image size.
