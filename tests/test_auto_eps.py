@@ -226,7 +226,8 @@ def test_layer_discrepancy_matches_the_dense_residual(gen):
     for b in range(2):
         yb = (y[b] - bias[:, None, None]).reshape(-1)
         res, _ = _dense_terms(A, yb, float(info.eps[b]))
-        ratio = res / (A.shape[0] * sigma ** 2)
+        # The residual matched to tau N s^2 (Morozov's safety factor).
+        ratio = res / (pc.DISCREPANCY_TAU * A.shape[0] * sigma ** 2)
         assert abs(float(info.objective[b]) - ratio) <= 1e-10 * ratio
         assert abs(ratio - 1) < 2e-2          # the root, to the search's rtol in eps
 
