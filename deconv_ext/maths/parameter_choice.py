@@ -1517,7 +1517,7 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
         return inner._replace(noise_std=s_img)
     n_buf = fft_size[0] * fft_size[1]
     # |X(0)|^2 / N of the buffer: N mean^2.
-    dc_power = n_buf * image.detach().to(torch.float64).mean(dim=(-2, -1)) ** 2
+    dc_power = n_buf * image.detach().mean(dim=(-2, -1), dtype=torch.float64) ** 2
     ZE = seam_spectrum(image, fft_size, margin, mode)
     factor, risk = edge_factor(bins, prior_bins, Zw, ZE, dc_power, (s_img * s_img).reshape(-1),
                                gdims, rho, rtol, window_scale=scale, kernels=k,
