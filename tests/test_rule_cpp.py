@@ -47,7 +47,8 @@ def test_bin_power_refuses_indices_out_of_range_and_bad_shapes():
     with pytest.raises(ValueError, match="idx of shape"):
         cpp.bin_power(Y, torch.zeros(3, 4, dtype=torch.int64), w, 5)
     with pytest.raises(ValueError, match="weights of shape"):
-        cpp.bin_power(Y, torch.zeros(4, 3, dtype=torch.int64), torch.ones(4, dtype=torch.float64), 5)
+        cpp.bin_power(Y, torch.zeros(4, 3, dtype=torch.int64),
+                      torch.ones(4, dtype=torch.float64), 5)
     with pytest.raises(TypeError, match="weights must be Double"):
         cpp.bin_power(Y, torch.zeros(4, 3, dtype=torch.int64), w.float(), 5)
 

@@ -26,9 +26,10 @@ if available():
 
     cuda.register()
 
-from .routes import (RULE_KERNELS, bin_power, channel_mix, crop, dct_solve, deconv2d, deconv2d_chosen,  # noqa: E402
-                     edge_risk_search, filter2d, kernel_spectrum, pad, pad_adjoint,
-                     padded_deconv2d, route, rule_search, spectral_power)
+from .routes import (RULE_KERNELS, bin_power, channel_mix, crop, dct_solve,  # noqa: E402
+                     deconv2d, deconv2d_chosen, edge_risk_search, filter2d,
+                     kernel_spectrum, pad, pad_adjoint, padded_deconv2d, route, rule_search,
+                     spectral_power)
 from .threads import batched_linalg, single_threaded  # noqa: E402
 
 __all__ = ["available", "require", "load_error", "mkl_dfti_enabled", "ops", "BUILD_HINT", "route",

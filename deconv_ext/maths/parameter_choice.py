@@ -156,7 +156,7 @@ AUTO_RULE = {("circular", True): "gcv", ("circular", False): "discrepancy",
 NEEDS_NOISE = ("upre", "risk", "discrepancy")
 #: Morozov's safety factor: the discrepancy rule matches the residual to
 #: ``tau N s^2``. The theory asks for tau > 1 (Engl, Hanke & Neubauer 1996,
-#: ch. 4.3). On the circulant model 1.1 was chosen on half of bench_eps.py's
+#: ch. 4). On the circulant model 1.1 was chosen on half of bench_eps.py's
 #: images (camera, astronaut, coins) and checked on the other half (moon,
 #: brick, text), reg=None: gaps 0.46 / 1.50 / 2.18 dB (median / p90 / worst)
 #: at tau = 1, 0.34 / 1.01 / 1.65 at 1.1. Layers use it too (a one-channel
@@ -265,7 +265,8 @@ class RuleBins:
     ``1 / |R|^2``. A filter factor moves over about a decade of ``q``, so
     frequencies whose ``q`` falls in a narrow bin can share it: the sums run
     over :data:`FINE_PER_DECADE` bins per decade (the grid over :data:`COARSEN`
-    times wider ones) with a relative error far below what the search resolves. The bin of
+    times wider ones) with a relative error far below what the search
+    resolves. The bin of
     each frequency depends only on the operator: a plan builds it once, and a
     call costs one weighted histogram of ``|Y|^2`` (no FFT) plus a search over
     a few thousand bins, whatever the image size.
