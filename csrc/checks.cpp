@@ -54,15 +54,4 @@ void check_eps(const char* op, double eps, at::ScalarType real) {
                     eps, " is infinite in float32 (the largest float32 is 3.4e38)");
 }
 
-void check_broadcasts_to(const char* op, const char* name, at::IntArrayRef shape,
-                         const char* target_name, at::IntArrayRef target) {
-  bool ok = shape.size() <= target.size();
-  for (size_t i = 1; ok && i <= shape.size(); ++i) {
-    const int64_t a = shape[shape.size() - i], b = target[target.size() - i];
-    ok = a == b || a == 1;
-  }
-  TORCH_CHECK_VALUE(ok, op, ": ", name, " of shape ", shape, " does not broadcast to ",
-                    target_name, " of shape ", target);
-}
-
 }  // namespace deconv_ext

@@ -43,8 +43,4 @@ void check_writable(const char* op, const Operand& out, std::initializer_list<Op
 // (1e300 is a double but an infinite float32).
 void check_eps(const char* op, double eps, at::ScalarType real);
 
-// A tensor of shape `shape` broadcasts to `target` (as the operand `name`).
-void check_broadcasts_to(const char* op, const char* name, at::IntArrayRef shape,
-                         const char* target_name, at::IntArrayRef target);
-
 }  // namespace deconv_ext

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -156,42 +157,43 @@ bool flat_row(const double* v, int64_t n) {
   return !any || !(vmax - vmin > 1e-10 * big);
 }
 
-// Bins `factor` times wider (parameter_choice._coarsen): geometric centres of
-// q, sums of the weights. Owns its storage.
+// Bins `factor` times wider (parameter_choice._coarsen): the geometric centre
+// of each group of `factor` q values, the sums of each weight array. Returns
+// false (nothing written) when the bins do not split into such groups.
+bool coarsen_bins(const double* q, std::initializer_list<const double*> weights, int64_t nb,
+                  int64_t factor, std::vector<double>& q_out,
+                  std::vector<std::vector<double>>& w_out) {
+  if (factor <= 1 || nb % factor != 0) return false;
+  const int64_t m = nb / factor;
+  q_out.assign(m, 0.0);
+  w_out.assign(weights.size(), std::vector<double>(m, 0.0));
+  for (int64_t j = 0; j < m; ++j) {
+    double lq = 0;
+    for (int64_t i = j * factor; i < (j + 1) * factor; ++i) lq += std::log(q[i]);
+    q_out[j] = std::exp(lq / static_cast<double>(factor));
+  }
+  size_t k = 0;
+  for (const double* w : weights) {
+    for (int64_t i = 0; i < nb; ++i) w_out[k][i / factor] += w[i];
+    ++k;
+  }
+  return true;
+}
+
+// A rule's row on wider bins; owns its storage (the row itself when it cannot).
 struct Coarse {
-  std::vector<double> q, wa, wy, wr, wry;
+  std::vector<double> q;
+  std::vector<std::vector<double>> w;
   Row row;
 };
 
 Coarse coarsen(const Row& r, int64_t factor) {
   Coarse c;
-  if (factor <= 1 || r.nb % factor != 0) {
-    c.row = r;
-    return c;
+  c.row = r;
+  if (coarsen_bins(r.q, {r.wa, r.wy, r.wr, r.wry}, r.nb, factor, c.q, c.w)) {
+    c.row = {c.q.data(), c.w[0].data(), c.w[1].data(), c.w[2].data(), c.w[3].data(),
+             static_cast<int64_t>(c.q.size()), r.res_extra, r.dof_extra, r.s2};
   }
-  const int64_t m = r.nb / factor;
-  c.q.resize(m);
-  c.wa.resize(m);
-  c.wy.resize(m);
-  c.wr.resize(m);
-  c.wry.resize(m);
-  for (int64_t j = 0; j < m; ++j) {
-    double lq = 0, a = 0, y = 0, w = 0, wy = 0;
-    for (int64_t i = j * factor; i < (j + 1) * factor; ++i) {
-      lq += std::log(r.q[i]);
-      a += r.wa[i];
-      y += r.wy[i];
-      w += r.wr[i];
-      wy += r.wry[i];
-    }
-    c.q[j] = std::exp(lq / static_cast<double>(factor));
-    c.wa[j] = a;
-    c.wy[j] = y;
-    c.wr[j] = w;
-    c.wry[j] = wy;
-  }
-  c.row = {c.q.data(), c.wa.data(), c.wy.data(), c.wr.data(), c.wry.data(), m, r.res_extra,
-           r.dof_extra, r.s2};
   return c;
 }
 
@@ -261,16 +263,16 @@ void refine(std::vector<double> a, std::vector<double> b, int64_t R, double rtol
   }
 }
 
-void check_rows(const char* name, const at::Tensor& t, int64_t B, int64_t nb) {
-  check_dtype("rule_search", operand(name, t), at::kDouble);
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == nb, "rule_search: ", name,
+void check_rows(const char* op, const char* name, const at::Tensor& t, int64_t B, int64_t nb) {
+  check_dtype(op, operand(name, t), at::kDouble);
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == nb, op, ": ", name,
                     " of shape ", t.sizes(), " must be (", B, ", ", nb, ")");
 }
 
-void check_vector(const char* name, const at::Tensor& t, int64_t B) {
-  check_dtype("rule_search", operand(name, t), at::kDouble);
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == B, "rule_search: ", name, " of shape ",
-                    t.sizes(), " must be (", B, ",)");
+void check_vector(const char* op, const char* name, const at::Tensor& t, int64_t B) {
+  check_dtype(op, operand(name, t), at::kDouble);
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == B, op, ": ", name, " of shape ", t.sizes(),
+                    " must be (", B, ",)");
 }
 
 }  // namespace
@@ -291,15 +293,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
   const int64_t B = q.size(0), nb = q.size(1);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q},
                                 {"wa", &wa}, {"wy", &wy}, {"wr", &wr}, {"wry", &wry}}) {
-    check_rows(name, *t, B, nb);
+    check_rows("rule_search", name, *t, B, nb);
   }
-  check_vector("res_extra", res_extra, B);
-  check_vector("dof_extra", dof_extra, B);
+  check_vector("rule_search", "res_extra", res_extra, B);
+  check_vector("rule_search", "dof_extra", dof_extra, B);
   const bool needs_noise = rule == Rule::Upre || rule == Rule::Risk || rule == Rule::Discrepancy;
   const bool has_s2 = s2.has_value() && s2->defined();
   TORCH_CHECK_VALUE(has_s2 || !needs_noise, "rule_search: rule '", std::string(rule_name),
                     "' needs s2, the noise variance");
-  if (has_s2) check_vector("s2", *s2, B);
+  if (has_s2) check_vector("rule_search", "s2", *s2, B);
   TORCH_CHECK_VALUE(refine_points >= 3 && points_per_decade > 0 && rtol > 0 &&
                         range_decades > 0 && coarsen_by >= 1,
                     "rule_search: refine_points >= 3, coarsen >= 1 and positive "
@@ -471,34 +473,24 @@ double edge_risk(const EdgeRow& r, double t, double rho, double k2_max) {
   return out;
 }
 
-// Bins `factor` times wider: geometric centres of q, sums of the weights.
+// An edge-risk row on wider bins; owns its storage (the row itself when it cannot).
 struct EdgeCoarse {
-  std::vector<double> q, wr, wry, wy, pw;
+  std::vector<double> q;
+  std::vector<std::vector<double>> w;
   EdgeRow row;
 };
 
 EdgeCoarse coarsen_edge(const EdgeRow& r, int64_t factor) {
   EdgeCoarse c;
-  const int64_t m = r.nb / factor;
-  for (auto* v : {&c.q, &c.wr, &c.wry, &c.wy, &c.pw}) v->assign(m, 0.0);
-  for (int64_t j = 0; j < m; ++j) {
-    double lq = 0;
-    for (int64_t i = j * factor; i < (j + 1) * factor; ++i) {
-      lq += std::log(r.q[i]);
-      c.wr[j] += r.wr[i];
-      c.wry[j] += r.wry[i];
-      c.wy[j] += r.wy[i];
-      c.pw[j] += r.pw[i];
-    }
-    c.q[j] = std::exp(lq / static_cast<double>(factor));
-  }
   c.row = r;
-  c.row.q = c.q.data();
-  c.row.wr = c.wr.data();
-  c.row.wry = c.wry.data();
-  c.row.wy = c.wy.data();
-  c.row.pw = c.pw.data();
-  c.row.nb = m;
+  if (coarsen_bins(r.q, {r.wr, r.wry, r.wy, r.pw}, r.nb, factor, c.q, c.w)) {
+    c.row.q = c.q.data();
+    c.row.wr = c.w[0].data();
+    c.row.wry = c.w[1].data();
+    c.row.wy = c.w[2].data();
+    c.row.pw = c.w[3].data();
+    c.row.nb = static_cast<int64_t>(c.q.size());
+  }
   return c;
 }
 
@@ -521,10 +513,10 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"wa", &wa},
                                 {"wr", &wr}, {"wry", &wry}, {"wy", &wy},
                                 {"prior_weight", &prior_weight}}) {
-    check_rows(name, *t, B, nb);
+    check_rows("edge_risk_search", name, *t, B, nb);
   }
-  check_vector("scale", scale, B);
-  check_vector("s2", s2, B);
+  check_vector("edge_risk_search", "scale", scale, B);
+  check_vector("edge_risk_search", "s2", s2, B);
   TORCH_CHECK_VALUE(dc_q.dim() == 2 && dc_q.size(0) == B && dc_power.sizes() == dc_q.sizes(),
                     "edge_risk_search: dc_q and dc_power must be (B, planes), got ", dc_q.sizes(),
                     " and ", dc_power.sizes());
@@ -557,14 +549,9 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   }
   auto fun = [&](int64_t b, double t) { return edge_risk(rows[b], t, rho, k2_max); };
   // The grid stage on bins `coarsen_by` times wider (minimise_edge_risk).
-  const bool can_coarsen = nb % coarsen_by == 0 && coarsen_by > 1;
-  std::vector<EdgeCoarse> wide(can_coarsen ? B : 0);
-  for (int64_t b = 0; b < static_cast<int64_t>(wide.size()); ++b) {
-    wide[b] = coarsen_edge(rows[b], coarsen_by);
-  }
-  auto grid_fun = [&](int64_t b, double t) {
-    return edge_risk(can_coarsen ? wide[b].row : rows[b], t, rho, k2_max);
-  };
+  std::vector<EdgeCoarse> wide(B);
+  for (int64_t b = 0; b < B; ++b) wide[b] = coarsen_edge(rows[b], coarsen_by);
+  auto grid_fun = [&](int64_t b, double t) { return edge_risk(wide[b].row, t, rho, k2_max); };
   // parameter_choice._minimise: a grid, then the nested refinement.
   const int64_t G = grid_size(lo, hi, points_per_decade);
   const std::vector<double> ug = linspace01(G);

@@ -31,13 +31,19 @@ void check_spectrum(const at::Tensor& t, const char* name) {
               name, " must be complex64 or complex128, got ", t.scalar_type());
 }
 
-void check_broadcasts(const at::Tensor& t, const at::Tensor& y, const char* name) {
-  TORCH_CHECK(t.dim() <= y.dim(), name, " has more dims (", t.dim(), ") than y (", y.dim(), ")");
-  for (int64_t i = 1; i <= t.dim(); ++i) {
-    const int64_t a = t.size(-i), b = y.size(-i);
-    TORCH_CHECK(a == b || a == 1, name, " of shape ", t.sizes(),
-                " does not broadcast to y of shape ", y.sizes());
+// An operand of shape `t` broadcasts to y's shape `y`.
+void check_broadcasts(at::IntArrayRef t, at::IntArrayRef y, const char* name) {
+  const int64_t nt = static_cast<int64_t>(t.size()), ny = static_cast<int64_t>(y.size());
+  TORCH_CHECK(nt <= ny, name, " has more dims (", nt, ") than y (", ny, ")");
+  for (int64_t i = 1; i <= nt; ++i) {
+    const int64_t a = t[nt - i], b = y[ny - i];
+    TORCH_CHECK(a == b || a == 1, name, " of shape ", t, " does not broadcast to y of shape ",
+                y);
   }
+}
+
+void check_broadcasts(const at::Tensor& t, const at::Tensor& y, const char* name) {
+  check_broadcasts(t.sizes(), y.sizes(), name);
 }
 
 // The per-element rule of docs/architecture.md ("The maths"). p = eps * reg is the
@@ -341,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> spectral_solve_backward(
 at::Tensor spectral_mul_grad_k(const at::Tensor& grad, const at::Tensor& y,
                                at::IntArrayRef k_shape, bool conj) {
   check_cpu_operands("spectral_mul_grad_k", {operand("grad", grad), operand("y", y)});
-  check_broadcasts_to("spectral_mul_grad_k", "k_shape", k_shape, "y", y.sizes());
+  check_broadcasts(k_shape, y.sizes(), "k_shape");
   check_spectrum(grad, "grad");
   check_spectrum(y, "y");
   TORCH_CHECK(grad.sizes() == y.sizes() && grad.scalar_type() == y.scalar_type(), "grad (",

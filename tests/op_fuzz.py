@@ -83,13 +83,17 @@ def same_values_other_layout(rng, t):
 # ---------------------------------------------------------------- oracles
 
 def o_solve(y, k, reg, eps, thresh, adjoint=False):
+    """The fused solve's rule; ``eps`` and ``reg`` may be tensors requiring grad (for vjp).
+
+    Where eps*reg = 0 and the frequency is kept, the derivative in eps is the
+    one-sided one, d/dp conj(K) Y / (|K|^2 + p) at p = 0 (docs/architecture.md).
+    """
     y, k = y.to(C128), k.to(C128)
     k2 = k.real ** 2 + k.imag ** 2
-    p = eps * (reg.double() if reg is not None else torch.ones((), dtype=torch.float64))
+    p = eps * (reg.double() if reg is not None else 1.0) + torch.zeros_like(k2)
+    den = k2 + p
     num = (k if adjoint else k.conj()) * y
-    tik = num / (k2 + p)
-    pinv = torch.where(k2 > thresh.double(), num / torch.where(k2 > 0, k2, 1), 0)
-    return torch.where(p > 0, tik, pinv)
+    return torch.where((p > 0) | (k2 > thresh.double()), num / torch.where(den > 0, den, 1), 0)
 
 
 def o_mul(y, k, conj):
@@ -187,27 +191,13 @@ def spec_spectral_solve(rng, dt, name):
         def oracle(g, y, k, reg, eps, thresh):
             if reg is None:
                 e = torch.tensor(eps, dtype=torch.float64)
-                gk, ge = vjp(lambda k_, e_: o_solve_t(y, k_, None, e_, thresh), [k, e], g)
+                gk, ge = vjp(lambda k_, e_: o_solve(y, k_, None, e_, thresh), [k, e], g)
                 return gk, ge
-            gk, gr = vjp(lambda k_, r_: o_solve_t(y, k_, r_, eps, thresh), [k, reg], g)
+            gk, gr = vjp(lambda k_, r_: o_solve(y, k_, r_, eps, thresh), [k, reg], g)
             return gk, gr
         return "spectral_solve_backward", [g] + args, oracle
     adjoint = name == "spectral_solve_adjoint"
     return name, args, lambda y, k, reg, eps, thresh: o_solve(y, k, reg, eps, thresh, adjoint)
-
-
-def o_solve_t(y, k, reg, eps, thresh):
-    """o_solve with eps or reg possibly a tensor requiring grad (for vjp).
-
-    Where eps*reg = 0 and the frequency is kept, the derivative in eps is the
-    one-sided one, d/dp conj(K) Y / (|K|^2 + p) at p = 0 (docs/architecture.md).
-    """
-    y = y.to(C128)
-    k2 = k.real ** 2 + k.imag ** 2
-    p = eps * (reg if reg is not None else 1.0) + torch.zeros_like(k2)
-    den = k2 + p
-    out = k.conj() * y / torch.where(den > 0, den, 1)
-    return torch.where((p > 0) | (k2 > thresh.double()), out, 0)
 
 
 def spec_spectral_mul(rng, dt, name):

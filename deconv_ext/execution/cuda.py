@@ -20,7 +20,7 @@ import torch
 
 from ..maths.dct import dct2, idct2
 from . import torch_pipeline
-from .library import check_one_device, ops
+from .library import on_one_device, ops
 
 __all__ = ["register", "interpreter_kernels"]
 
@@ -78,16 +78,6 @@ def _dct_solve(image, filt):
     return idct2(dct2(image) * filt).contiguous()
 
 
-def _one_device(name: str, fn):
-    """``fn`` after the check that all its tensors share one device (a CPU
-    operand would be read through a CUDA pointer)."""
-    @functools.wraps(fn)
-    def kernel(*args, **kwargs):
-        check_one_device(name, args)
-        return fn(*args, **kwargs)
-    return kernel
-
-
 def register() -> None:
     """Register the CUDA kernel of every op (called once, when the package loads).
 
@@ -99,7 +89,7 @@ def register() -> None:
     if tk is not None:
         for name in tk.OP_NAMES:
             torch.library.register_kernel(f"deconv_ext::{name}", "cuda",
-                                          _one_device(name, _lazy_launcher(tk, name)))
+                                          on_one_device(name, _lazy_launcher(tk, name)))
     composed = {
         "spectral_solve_adjoint": lambda y, k, reg, eps, thresh: ops.spectral_solve(
             y, k.conj_physical(), reg, eps, thresh),
@@ -117,7 +107,9 @@ def register() -> None:
             # into the per-frequency pass.
             composed[name] = functools.partial(getattr(torch_pipeline, name), tk)
     for name, fn in composed.items():
-        torch.library.register_kernel(f"deconv_ext::{name}", "cuda", _one_device(name, fn))
+        # Every kernel checks its devices first: a CPU operand would be read
+        # through a CUDA pointer.
+        torch.library.register_kernel(f"deconv_ext::{name}", "cuda", on_one_device(name, fn))
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,8 +6,6 @@ shape and dtype, so that errors surface the same way under ``torch.compile``
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from . import library
@@ -21,11 +19,7 @@ def _fake(op: str):
     result for a CPU call.
     """
     def register(fn):
-        @functools.wraps(fn)
-        def checked(*args):
-            library.check_one_device(op, args)
-            return fn(*args)
-        torch.library.register_fake(f"deconv_ext::{op}")(checked)
+        torch.library.register_fake(f"deconv_ext::{op}")(library.on_one_device(op, fn))
         return fn
     return register
 

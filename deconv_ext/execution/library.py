@@ -6,6 +6,7 @@ not exist; :func:`require` then says how to build.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ from .. import config
 from ..build_check import check_build
 
 __all__ = ["available", "require", "load_error", "ops", "cpp", "mkl_dfti_enabled",
-           "extension_path", "check_one_device", "BUILD_HINT"]
+           "extension_path", "check_one_device", "on_one_device", "BUILD_HINT"]
 
 BUILD_HINT = (
     "the C++ extension deconv_ext._C is not built. Build it with "
@@ -50,6 +51,15 @@ def check_one_device(op: str, args) -> None:
         where = ", ".join(f"argument {i} on {a.device}" for i, a in tensors)
         raise ValueError(f"deconv_ext.{op}: every tensor argument must be on one device, got "
                          f"{where}")
+
+
+def on_one_device(op: str, kernel):
+    """``kernel`` (a fake or CUDA kernel of ``op``), preceded by :func:`check_one_device`."""
+    @functools.wraps(kernel)
+    def checked(*args, **kwargs):
+        check_one_device(op, args)
+        return kernel(*args, **kwargs)
+    return checked
 
 
 def available() -> bool:
