@@ -180,15 +180,18 @@ bool coarsen_bins(const double* q, std::initializer_list<const double*> weights,
   return true;
 }
 
-// A rule's row on wider bins; owns its storage (the row itself when it cannot).
-struct Coarse {
+// A row on wider bins with the storage its pointers point into (the row
+// itself when it cannot be widened): Widened<Row> for the rules,
+// Widened<EdgeRow> for the edge risk.
+template <typename RowT>
+struct Widened {
   std::vector<double> q;
   std::vector<std::vector<double>> w;
-  Row row;
+  RowT row;
 };
 
-Coarse coarsen(const Row& r, int64_t factor) {
-  Coarse c;
+Widened<Row> coarsen(const Row& r, int64_t factor) {
+  Widened<Row> c;
   c.row = r;
   if (coarsen_bins(r.q, {r.wa, r.wy, r.wr, r.wry}, r.nb, factor, c.q, c.w)) {
     c.row = {c.q.data(), c.w[0].data(), c.w[1].data(), c.w[2].data(), c.w[3].data(),
@@ -343,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
   std::vector<double> tgrid(B * G), vals(B * G);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const Coarse c = coarsen(rows[b], coarsen_by);
+      const Widened<Row> c = coarsen(rows[b], coarsen_by);
       for (int64_t j = 0; j < G; ++j) {
         const double t = lo[b] + (hi[b] - lo[b]) * ug[j];
         tgrid[b * G + j] = t;
@@ -473,15 +476,8 @@ double edge_risk(const EdgeRow& r, double t, double rho, double k2_max) {
   return out;
 }
 
-// An edge-risk row on wider bins; owns its storage (the row itself when it cannot).
-struct EdgeCoarse {
-  std::vector<double> q;
-  std::vector<std::vector<double>> w;
-  EdgeRow row;
-};
-
-EdgeCoarse coarsen_edge(const EdgeRow& r, int64_t factor) {
-  EdgeCoarse c;
+Widened<EdgeRow> coarsen_edge(const EdgeRow& r, int64_t factor) {
+  Widened<EdgeRow> c;
   c.row = r;
   if (coarsen_bins(r.q, {r.wr, r.wry, r.wy, r.pw}, r.nb, factor, c.q, c.w)) {
     c.row.q = c.q.data();
@@ -549,7 +545,7 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   }
   auto fun = [&](int64_t b, double t) { return edge_risk(rows[b], t, rho, k2_max); };
   // The grid stage on bins `coarsen_by` times wider (minimise_edge_risk).
-  std::vector<EdgeCoarse> wide(B);
+  std::vector<Widened<EdgeRow>> wide(B);
   for (int64_t b = 0; b < B; ++b) wide[b] = coarsen_edge(rows[b], coarsen_by);
   auto grid_fun = [&](int64_t b, double t) { return edge_risk(wide[b].row, t, rho, k2_max); };
   // parameter_choice._minimise: a grid, then the nested refinement.
