@@ -171,7 +171,7 @@ def rule_eps(solver: Solver, y: torch.Tensor, psf, rule: str, sigma_hat, variant
             eps, _ = pc.choose_eps(solver.k2, solver.r2, y2, rule, size=solver.bsize,
                                    noise_std=sigma_hat)
         else:
-            eps, _ = pc.choose_eps_padded(y, solver.k2, solver.r2, solver.geo, rule,
+            eps, _ = pc.choose_eps_padded(y, solver.K, solver.r2, solver.geo, rule,
                                           psf_size=tuple(psf.shape), noise_std=sigma_hat)
     return float(eps)
 

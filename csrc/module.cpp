@@ -71,9 +71,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("refine_points"));
   m.def("edge_risk_search", &deconv_ext::edge_risk_search,
         "argmin of the padded path's edge-aware risk per system (parameter_choice._minimise)",
-        py::arg("q"), py::arg("wa"), py::arg("wr"), py::arg("wry"), py::arg("wy"),
-        py::arg("prior_weight"), py::arg("scale"), py::arg("dc_q"), py::arg("dc_power"),
-        py::arg("s2"), py::arg("rho"), py::arg("k2_max"), py::arg("rtol"), py::arg("coarsen"),
+        py::arg("q"), py::arg("wa"), py::arg("wr"), py::arg("wry"), py::arg("prior_weight"),
+        py::arg("scale"), py::arg("dc_q"), py::arg("dc_power"), py::arg("s2"), py::arg("rho"),
+        py::arg("rtol"), py::arg("coarsen"),
         py::arg("points_per_decade"), py::arg("range_decades"), py::arg("refine_points"));
   m.def("dct_solve", &deconv_ext::dct_solve,
         "idctn(filter * dctn(image, norm='ortho'), norm='ortho') over the last two dims",

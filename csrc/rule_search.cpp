@@ -447,24 +447,23 @@ namespace {
 
 // One system of the padded path's edge-aware risk (parameter_choice._edge_risk).
 struct EdgeRow {
-  const double *q, *wr, *wry, *wy, *pw, *dc_q, *dc_pow;
+  const double *q, *wr, *wry, *pw, *dc_q, *dc_pow;
   int64_t nb, planes;
   double scale, s2;
 };
 
 DECONV_RULE_CLONES
-double edge_risk(const EdgeRow& r, double t, double rho, double k2_max) {
+double edge_risk(const EdgeRow& r, double t, double rho) {
   const double e = std::exp(t);
-  double sig = 0, noise = 0, seam = 0, passed = 0;
-#pragma omp simd reduction(+ : sig, noise, seam, passed)
+  double sig = 0, noise = 0, seam = 0;
+#pragma omp simd reduction(+ : sig, noise, seam)
   for (int64_t i = 0; i < r.nb; ++i) {
     const double d = 1.0 / (r.q[i] + e);
-    const double g = e * d, f = 1.0 - g;
+    const double g = e * d;
     const double amp = r.q[i] * d * d;  // f^2 / |K|^2 times |R|^2
     sig += g * g * r.pw[i];
     noise += amp * r.wr[i];
     seam += amp * r.wry[i];
-    passed += f * f * r.wy[i];
   }
   double out = r.scale * sig + r.s2 * noise;
   for (int64_t p = 0; p < r.planes; ++p) {
@@ -472,19 +471,18 @@ double edge_risk(const EdgeRow& r, double t, double rho, double k2_max) {
     const double g = e / (r.dc_q[p] + e);
     out += g * g * r.dc_pow[p];
   }
-  if (rho != 0) out += rho * (seam - passed / k2_max);
+  if (rho != 0) out += rho * seam;
   return out;
 }
 
 Widened<EdgeRow> coarsen_edge(const EdgeRow& r, int64_t factor) {
   Widened<EdgeRow> c;
   c.row = r;
-  if (coarsen_bins(r.q, {r.wr, r.wry, r.wy, r.pw}, r.nb, factor, c.q, c.w)) {
+  if (coarsen_bins(r.q, {r.wr, r.wry, r.pw}, r.nb, factor, c.q, c.w)) {
     c.row.q = c.q.data();
     c.row.wr = c.w[0].data();
     c.row.wry = c.w[1].data();
-    c.row.wy = c.w[2].data();
-    c.row.pw = c.w[3].data();
+    c.row.pw = c.w[2].data();
     c.row.nb = static_cast<int64_t>(c.q.size());
   }
   return c;
@@ -494,20 +492,19 @@ Widened<EdgeRow> coarsen_edge(const EdgeRow& r, int64_t factor) {
 
 std::tuple<at::Tensor, at::Tensor> edge_risk_search(
     const at::Tensor& q, const at::Tensor& wa, const at::Tensor& wr, const at::Tensor& wry,
-    const at::Tensor& wy, const at::Tensor& prior_weight, const at::Tensor& scale,
-    const at::Tensor& dc_q, const at::Tensor& dc_power, const at::Tensor& s2, double rho,
-    double k2_max, double rtol, int64_t coarsen_by, double points_per_decade,
-    double range_decades, int64_t refine_points) {
+    const at::Tensor& prior_weight, const at::Tensor& scale, const at::Tensor& dc_q,
+    const at::Tensor& dc_power, const at::Tensor& s2, double rho, double rtol,
+    int64_t coarsen_by, double points_per_decade, double range_decades, int64_t refine_points) {
   check_cpu_operands("edge_risk_search",
                      {operand("q", q), operand("wa", wa), operand("wr", wr), operand("wry", wry),
-                      operand("wy", wy), operand("prior_weight", prior_weight),
+                      operand("prior_weight", prior_weight),
                       operand("scale", scale), operand("dc_q", dc_q),
                       operand("dc_power", dc_power), operand("s2", s2)});
   TORCH_CHECK_VALUE(q.dim() == 2 && q.size(1) > 0, "edge_risk_search: q must be (B, nb), got ",
                     q.sizes());
   const int64_t B = q.size(0), nb = q.size(1);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"wa", &wa},
-                                {"wr", &wr}, {"wry", &wry}, {"wy", &wy},
+                                {"wr", &wr}, {"wry", &wry},
                                 {"prior_weight", &prior_weight}}) {
     check_rows("edge_risk_search", name, *t, B, nb);
   }
@@ -519,14 +516,14 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   check_dtype("edge_risk_search", operand("dc_q", dc_q), at::kDouble);
   check_dtype("edge_risk_search", operand("dc_power", dc_power), at::kDouble);
   TORCH_CHECK_VALUE(refine_points >= 3 && points_per_decade > 0 && rtol > 0 && range_decades > 0 &&
-                        k2_max > 0 && coarsen_by >= 1,
+                        coarsen_by >= 1,
                     "edge_risk_search: refine_points >= 3, coarsen >= 1 and positive "
-                    "points_per_decade, rtol, range_decades and k2_max are needed");
+                    "points_per_decade, rtol and range_decades are needed");
   auto f64 = q.options().dtype(at::kDouble);
   at::Tensor t_out = at::empty({B}, f64), f_out = at::empty({B}, f64);
   if (B == 0) return {t_out, f_out};
   const at::Tensor qc = q.contiguous(), ac = wa.contiguous(), rc = wr.contiguous(),
-                   ryc = wry.contiguous(), yc = wy.contiguous(), pc = prior_weight.contiguous(),
+                   ryc = wry.contiguous(), pc = prior_weight.contiguous(),
                    sc = scale.contiguous(), s2c = s2.contiguous(), dqc = dc_q.contiguous(),
                    dpc = dc_power.contiguous();
   const int64_t P = dc_q.size(1);
@@ -534,8 +531,7 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   std::vector<double> lo(B), hi(B);
   for (int64_t b = 0; b < B; ++b) {
     rows[b] = {qc.const_data_ptr<double>() + b * nb, rc.const_data_ptr<double>() + b * nb,
-               ryc.const_data_ptr<double>() + b * nb, yc.const_data_ptr<double>() + b * nb,
-               pc.const_data_ptr<double>() + b * nb, dqc.const_data_ptr<double>() + b * P,
+               ryc.const_data_ptr<double>() + b * nb, pc.const_data_ptr<double>() + b * nb, dqc.const_data_ptr<double>() + b * P,
                dpc.const_data_ptr<double>() + b * P, nb, P, sc.const_data_ptr<double>()[b],
                s2c.const_data_ptr<double>()[b]};
     // The range where the filter factors move (parameter_choice._log_range).
@@ -543,11 +539,11 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
                         nullptr, nb, 0.0, 0.0, 0.0};
     log_range(range_row, range_decades, lo[b], hi[b]);
   }
-  auto fun = [&](int64_t b, double t) { return edge_risk(rows[b], t, rho, k2_max); };
+  auto fun = [&](int64_t b, double t) { return edge_risk(rows[b], t, rho); };
   // The grid stage on bins `coarsen_by` times wider (minimise_edge_risk).
   std::vector<Widened<EdgeRow>> wide(B);
   for (int64_t b = 0; b < B; ++b) wide[b] = coarsen_edge(rows[b], coarsen_by);
-  auto grid_fun = [&](int64_t b, double t) { return edge_risk(wide[b].row, t, rho, k2_max); };
+  auto grid_fun = [&](int64_t b, double t) { return edge_risk(wide[b].row, t, rho); };
   // parameter_choice._minimise: a grid, then the nested refinement.
   const int64_t G = grid_size(lo, hi, points_per_decade);
   const std::vector<double> ug = linspace01(G);

@@ -26,15 +26,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rule_search(
 // argmin over log eps of the padded path's edge-aware risk per system, with
 // its value (parameter_choice.minimise_edge_risk): a grid over the range the
 // spectra imply on bins `coarsen` times wider, then the nested refinement.
-//   q, wa, wr, wry, wy: float64 (B, nb), the seam power's binned sums
+//   q, wa, wr, wry: float64 (B, nb), the seam power's binned sums
 //   prior_weight: float64 (B, nb); scale, s2: float64 (B,)
 //   dc_q, dc_power: float64 (B, planes)
 // Returns (log eps (B,), risk (B,)).
 std::tuple<at::Tensor, at::Tensor> edge_risk_search(
     const at::Tensor& q, const at::Tensor& wa, const at::Tensor& wr, const at::Tensor& wry,
-    const at::Tensor& wy, const at::Tensor& prior_weight, const at::Tensor& scale,
-    const at::Tensor& dc_q, const at::Tensor& dc_power, const at::Tensor& s2, double rho,
-    double k2_max, double rtol, int64_t coarsen, double points_per_decade, double range_decades,
-    int64_t refine_points);
+    const at::Tensor& prior_weight, const at::Tensor& scale, const at::Tensor& dc_q,
+    const at::Tensor& dc_power, const at::Tensor& s2, double rho, double rtol, int64_t coarsen,
+    double points_per_decade, double range_decades, int64_t refine_points);
 
 }  // namespace deconv_ext

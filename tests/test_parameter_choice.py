@@ -358,7 +358,7 @@ def test_padded_choice_accounts_for_the_edges(gen):
         return -10 * math.log10(float(((x - truth) ** 2).mean()))
 
     best = max(psnr(e) for e in np.logspace(-6, 0, 37))
-    e_win, o = pc.choose_eps_padded(y, k2, r2, geo, "gcv", psf_size=tuple(psf.shape))
+    e_win, o = pc.choose_eps_padded(y, plan.spectrum, r2, geo, "gcv", psf_size=tuple(psf.shape))
     assert e_win.shape == () and torch.isfinite(o)
     assert best - psnr(e_win) < 1.0
     from deconv_ext.maths.padding import pad as pad_torch
@@ -375,15 +375,107 @@ def test_padded_batch_and_noise_scaling(gen):
     ys = torch.stack([y, y.flip(-1)])
     plan = dx.DeconvPlan(psf, y.shape, boundary="symmetric", dtype=D)
     geo = plan.geometry
-    k2 = half(psf, geo.fft_size)
-    e, _ = pc.choose_eps_padded(ys, k2, None, geo, "discrepancy", psf_size=(9, 9))
-    e0, _ = pc.choose_eps_padded(y, k2, None, geo, "discrepancy", psf_size=(9, 9))
-    torch.testing.assert_close(e[0], e0, rtol=1e-12, atol=0)
-    ek, _ = pc.choose_eps_padded(y, k2, None, geo, "discrepancy", psf_size=(9, 9),
-                                 noise_std=1e-2)
-    assert 0.2 < float(ek / e0) < 5
+    K = plan.spectrum
+    for rule in ("discrepancy", "auto"):
+        e, _ = pc.choose_eps_padded(ys, K, None, geo, rule, psf_size=(9, 9))
+        e0, _ = pc.choose_eps_padded(y, K, None, geo, rule, psf_size=(9, 9))
+        torch.testing.assert_close(e[0], e0, rtol=1e-12, atol=0)
+        ek, _ = pc.choose_eps_padded(y, K, None, geo, rule, psf_size=(9, 9), noise_std=1e-2)
+        assert 0.2 < float(ek / e0) < 5
     with pytest.raises(ValueError, match="taper"):
-        pc.choose_eps_padded(y, k2, None, geo, "gcv", psf_size=(9, 9), taper=0)
+        pc.choose_eps_padded(y, K, None, geo, "gcv", psf_size=(9, 9), taper=0)
+    with pytest.raises(TypeError, match="complex half spectrum"):
+        pc.choose_eps_padded(y, K.abs() ** 2, None, geo, "gcv", psf_size=(9, 9))
+
+
+@pytest.mark.parametrize("size, psf_shape", [((40, 53), (7, 5)), ((33, 32), (4, 6))])
+def test_consistency_spectrum_is_the_pixel_residual_of_the_extended_crop(gen, size, psf_shape):
+    """``E`` against pixels: ``b - K (*) extend(crop(x0))`` with the reference
+    circular blur (its own centring) and x0 from the reference Tikhonov solve."""
+    from deconv_ext.maths.padding import pad as pad_torch
+
+    y = torch.rand(*size, dtype=D, generator=gen) + 0.5
+    psf = torch.rand(*psf_shape, dtype=D, generator=gen)
+    plan = dx.DeconvPlan(psf, size, boundary="symmetric", eps="auto", dtype=D)
+    g = plan.geometry
+    Nh, Nw = g.fft_size
+
+    def extend(z):
+        return pad_torch(z, g.top, g.left, Nh, Nw, "symmetric")
+
+    b = extend(y)
+    eps = 3e-2
+    E = pc.consistency_spectrum(torch.fft.rfft2(b), plan.spectrum, torch.full((), eps, dtype=D),
+                                g, extend)
+    x0 = ref.deconvolve(b, psf, eps, rcond=0.0)
+    crop = x0[g.top:g.top + g.height, g.left:g.left + g.width]
+    want = b - ref.convolve(extend(crop), psf)
+    torch.testing.assert_close(torch.fft.irfft2(E, s=(Nh, Nw)), want, rtol=0, atol=1e-12)
+
+
+def test_a_delta_psf_leaves_only_the_regularisers_shrinkage(gen):
+    # K = 1: x0 = b / (1 + eps) is its own extension, so E = eps / (1 + eps) b.
+    y = torch.rand(20, 17, dtype=D, generator=gen)
+    delta = torch.zeros(3, 3, dtype=D)
+    delta[1, 1] = 1
+    plan = dx.DeconvPlan(delta, y.shape, boundary="reflect", eps="auto", dtype=D)
+    g = plan.geometry
+    from deconv_ext.maths.padding import pad as pad_torch
+
+    def extend(z):
+        return pad_torch(z, g.top, g.left, *g.fft_size, "reflect")
+
+    B = torch.fft.rfft2(extend(y))
+    E = pc.consistency_spectrum(B, plan.spectrum, torch.full((), 0.25, dtype=D), g, extend)
+    torch.testing.assert_close(E, B * (0.25 / 1.25), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reg", [None, "laplacian"])
+@pytest.mark.parametrize("psf_name", ["gaussian", "motion"])
+def test_auto_on_real_edges_lands_near_the_best_eps(gen, reg, psf_name):
+    """eps="auto" on a blurred-then-cropped scene, against a dense sweep of eps."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from skimage.transform import resize
+
+    n, margin, sigma = 96, 16, 1e-2
+    big = torch.from_numpy(resize(skimage_data.coins() / 255.0, (n + 2 * margin,) * 2,
+                                  anti_aliasing=True))
+    psf = dx.gaussian(1.5, dtype=D) if psf_name == "gaussian" else dx.motion(9, 30, dtype=D)
+    truth = big[margin:margin + n, margin:margin + n]
+    y = ref.convolve(big, psf)[margin:margin + n, margin:margin + n]
+    y = y + sigma * torch.randn(n, n, dtype=D, generator=gen)
+
+    def psnr(x):
+        return -10 * math.log10(float(((x - truth) ** 2).mean()))
+
+    best = max(psnr(dx.deconvolve(y, psf, eps=float(e), reg=reg, boundary="symmetric"))
+               for e in np.logspace(-6, 1, 57))
+    x, info = dx.deconvolve(y, psf, eps="auto", reg=reg, boundary="symmetric", return_info=True)
+    assert info.rule == pc.EDGE_RISK and torch.isfinite(info.objective)
+    assert best - psnr(x) < 1.0, (best, psnr(x), float(info.eps))
+
+
+def test_the_padded_choice_kernels_follow_the_reference(gen):
+    """The routed C++ searches and binning give the reference's choice."""
+    from deconv_ext import execution
+
+    psf, _, y = real_edge_case(gen, n=64)
+    ys = torch.stack([y, y.flip(-1), y.flip(-2)])
+    for reg in (None, "laplacian"):
+        plan = dx.DeconvPlan(psf, y.shape, boundary="symmetric", eps="auto", reg=reg, dtype=D)
+        from deconv_ext.plans import padded
+
+        def extend(z):
+            return padded.extend(plan, z)
+
+        Y = torch.fft.rfft2(extend(ys))
+        for rule in ("auto", "gcv", "discrepancy"):
+            got, want = (pc.choose_padded_from_bins(
+                plan._bins, plan._prior_bins, ys, Y, plan.spectrum, plan._reg_power, rule,
+                geometry=plan.geometry, psf_size=tuple(psf.shape), extend=extend, gdims=2,
+                kernels=k) for k in (execution.RULE_KERNELS, pc.REFERENCE))
+            torch.testing.assert_close(got.eps, want.eps, rtol=1e-6, atol=0)
+            torch.testing.assert_close(got.objective, want.objective, rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------------

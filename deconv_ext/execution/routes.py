@@ -330,15 +330,14 @@ def rule_search(fine, rule: str, s2, tau: float, eps_range, rtol: float):
                            pc.POINTS_PER_DECADE, pc.RANGE_DECADES, pc.REFINE_POINTS)
 
 
-def edge_risk_search(spE, prior, s2, rho: float, k2_max: float, rtol: float):
+def edge_risk_search(spE, prior, s2, rho: float, rtol: float):
     """:func:`~deconv_ext.maths.parameter_choice.minimise_edge_risk` (same signature and
     result): the C++ search on eager CPU tensors, else the reference."""
     if cpp is None or route(spE.q, fft=False) != "pipeline":
-        return pc.minimise_edge_risk(spE, prior, s2, rho, k2_max, rtol)
-    return cpp.edge_risk_search(spE.q, spE.wa, spE.wr, spE.wry, spE.wy, prior.weight,
-                                prior.scale, prior.dc_q, prior.dc_power, s2, rho, k2_max, rtol,
-                                pc.COARSEN, pc.POINTS_PER_DECADE, pc.RANGE_DECADES,
-                                pc.REFINE_POINTS)
+        return pc.minimise_edge_risk(spE, prior, s2, rho, rtol)
+    return cpp.edge_risk_search(spE.q, spE.wa, spE.wr, spE.wry, prior.weight, prior.scale,
+                                prior.dc_q, prior.dc_power, s2, rho, rtol, pc.COARSEN,
+                                pc.POINTS_PER_DECADE, pc.RANGE_DECADES, pc.REFINE_POINTS)
 
 
 #: The steps of a rule's choice, routed (C++ on eager CPU tensors): what the

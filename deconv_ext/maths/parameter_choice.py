@@ -54,16 +54,40 @@ Rules (``choose_eps(..., rule=...)``):
     (``d f / dt = -f g``, ``d g / dt = f g``). Needs no noise level; known to
     be unreliable for smooth solutions and large N (Hanke 1996; Vogel 1996).
 ``"auto"``
-    :data:`AUTO_RULE`, by observation model and regulariser: GCV with a
-    smoothness prior (``reg="laplacian"``) on the circular model, UPRE with
-    it on the padded path of a non-circular boundary, the discrepancy
-    principle with the identity (``reg=None``) on both. Chosen on
-    ``benchmarks/bench_eps.py`` (six scikit-image test images, Gaussian /
-    motion / disk / box blurs, noise 1e-3 to 5e-2, 72 cases per row): the
-    rule with the smallest gaps in each row (``benchmarks/RESULTS.md``). GCV
-    with the identity picks eps too small (median gap 2.7 dB circular);
-    on real edges GCV's worst case with the Laplacian is 6.5 dB where UPRE's
-    is 4.4 dB.
+    :data:`AUTO_RULE`, by observation model and regulariser: on the circular
+    model GCV with a smoothness prior (``reg="laplacian"``) and the
+    discrepancy principle with the identity (``reg=None``); on the padded path
+    of a non-circular boundary the minimiser of the edge-aware risk
+    (:data:`EDGE_RISK`, below). Chosen on ``benchmarks/bench_eps.py`` (six
+    scikit-image test images, Gaussian / motion / disk / box blurs, noise
+    1e-3 to 5e-2, 72 cases per row): the rule with the smallest gaps in each
+    row (``benchmarks/RESULTS.md``). GCV with the identity picks eps too
+    small (median gap 2.7 dB circular).
+
+Non-circular boundaries: the padded fast path extends the observation into a
+larger buffer and solves circularly there. The extended data is not the blur
+of any scene near the seams (where the blur of ``y`` saw a scene the extension
+does not reproduce, and where the buffer wraps around), nor wherever the blur
+is not symmetric under the extension (a mirrored motion blur is another
+blur). A noise-only rule on the buffer fits that inconsistency with a far
+too small eps, and the solve rings on it. So (:func:`choose_padded_from_bins`):
+
+1. the noise level and a signal prior are fitted on the *observed region*
+   only, made periodic by a Tukey window (:func:`window_spectrum`): the
+   prior is ``1 / |L|^2`` (``L`` the Laplacian) scaled by GCV with the
+   Laplacian on the window (:func:`edge_prior`);
+2. the inconsistency ``E`` of the padded data is measured
+   (:func:`consistency_spectrum`: the buffer minus the blur of the extended
+   crop of a solve at the prior's best eps, or at the least eps that
+   amplifies no frequency more than :data:`EDGE_GAIN` times);
+3. eps minimises the edge-aware risk (:func:`_edge_risk`): the prior's bias,
+   the noise and the ringing ``f^2 |E|^2 / |K|^2`` the filter makes of
+   ``E``, weighted by :data:`EDGE_WEIGHT` (the part that lands in the image).
+
+``"auto"`` is that minimiser; a named rule runs on the window (step 1's
+spectrum) and its eps is multiplied by the factor step 3 asks for over the
+prior's own minimiser. Four FFTs of the buffer in all (the window, the
+inconsistency's three; the buffer's own spectrum is the solve's).
 
 Noise level: rules that need it take ``noise_std``; when it is None they
 estimate it from the spectrum (:func:`~deconv_ext.maths.noise.estimate_noise_spectrum`);
@@ -134,16 +158,17 @@ __all__ = [
     "tukey_window",
     "default_taper",
     "window_spectrum",
-    "seam_spectrum",
+    "consistency_spectrum",
     "RuleKernels",
     "power_bins",
     "choose_padded_from_bins",
     "padded_bins",
-    "edge_factor",
+    "edge_prior",
     "minimise_edge_risk",
     "choose_eps_padded",
     "EDGE_WEIGHT",
     "AUTO_RULE",
+    "EDGE_RISK",
     "DISCREPANCY_TAU",
 ]
 
@@ -151,8 +176,11 @@ RULES = ("auto", "gcv", "upre", "risk", "discrepancy", "lcurve")
 #: The rule "auto" runs: {(model, smoothness prior): rule}, model "circular"
 #: (the circulant model, and layers) or "padded" (the fast path of a
 #: non-circular boundary); module docstring, "auto".
+#: What "auto" runs on the padded path of a non-circular boundary: the
+#: minimiser of the edge-aware risk (module docstring, "Non-circular boundaries").
+EDGE_RISK = "edge-risk"
 AUTO_RULE = {("circular", True): "gcv", ("circular", False): "discrepancy",
-             ("padded", True): "upre", ("padded", False): "discrepancy"}
+             ("padded", True): EDGE_RISK, ("padded", False): EDGE_RISK}
 NEEDS_NOISE = ("upre", "risk", "discrepancy")
 #: Morozov's safety factor: the discrepancy rule matches the residual to
 #: ``tau N s^2``. The theory asks for tau > 1 (Engl, Hanke & Neubauer 1996,
@@ -160,14 +188,22 @@ NEEDS_NOISE = ("upre", "risk", "discrepancy")
 #: images (camera, astronaut, coins) and checked on the other half (moon,
 #: brick, text), reg=None: gaps 0.46 / 1.50 / 2.18 dB (median / p90 / worst)
 #: at tau = 1, 0.34 / 1.01 / 1.65 at 1.1. Layers use it too (a one-channel
-#: layer is the circulant model). The padded path keeps 1: its edge factor
-#: raises eps already, and 1.1 there doubled the gaps.
+#: layer is the circulant model). A named rule on the padded path keeps 1:
+#: the ringing term raises its eps already, and 1.1 there doubled the gaps.
 DISCREPANCY_TAU = 1.1
-# Weight of the seam error in the padded path's edge-aware risk (measured on
-# benchmarks/bench_eps.py, see the module docstring), and how far above the
-# rule's eps on the observed region the edge term may move it.
+# Weight of the ringing term in the padded path's edge-aware risk: the
+# fraction of the ringing's energy (summed over the buffer) that lands in the
+# image. Measured directly it is 1/5 to 1/100 (the rest is in the padding and
+# is cropped), larger for small eps; 0.5 was chosen on images bench_eps.py does
+# not use (chelsea, coffee, rocket, grass, clock, cell) and checked on its own.
 EDGE_WEIGHT = 0.5
-EDGE_DECADES = 8.0
+# The padded data's inconsistency is measured from a solve x0 (its crop an
+# estimate of the scene near the edges); one that amplifies some frequency
+# more than this many times is mostly its own ringing there (on a noise-free
+# image the prior's eps is ~1e-12), and the inconsistency measured from it
+# is 1e4 times too large. x0's eps is at least the one that bounds the gain so.
+# Measured on the images of EDGE_WEIGHT: 30 against 10 to 300.
+EDGE_GAIN = 30.0
 # What a flat objective falls back to: deconvolve's default eps.
 FALLBACK_EPS = 1e-2
 POINTS_PER_DECADE = 3
@@ -329,7 +365,6 @@ class RuleBins:
         #: Whether the regulariser vanishes where the blur does not (the
         #: Laplacian at DC): a smoothness prior, for "auto".
         self.smoothness_prior = bool((~(active | dead)).any())
-        self.k2_max = float(k2.max()) if k2.numel() else 0.0
         wf = self.weights.expand(shape)
         self.wa = self._hist(self.idx, wf)                      # (..., nb + 2), per kernel row
         # The rule "risk" also sums c / |R|^2 (None: built on first use).
@@ -342,7 +377,14 @@ class RuleBins:
         self.size = size
         # The edge-aware risk's prior (padded path): sum c / |L|^2 per bin, and q at DC.
         self.prior_w = self.dc_q = None
+        self.gain_floor = 0.0
         if prior_r2 is not None:
+            # The smallest eps at which no frequency is amplified more than
+            # EDGE_GAIN times (|K| / (|K|^2 + eps |R|^2) <= EDGE_GAIN).
+            kabs = torch.sqrt(k2)
+            floor = torch.where(active, (kabs / EDGE_GAIN - k2) / torch.where(active, r2, one),
+                                torch.zeros_like(k2))
+            self.gain_floor = max(float(floor.max()) if floor.numel() else 0.0, 0.0)
             pr = prior_r2.to(torch.float64).expand(shape)
             self.prior_w = self._hist(self.idx, torch.where(
                 active & (pr > 0), wf / torch.where(pr > 0, pr, one), torch.zeros_like(pr)))
@@ -1292,31 +1334,44 @@ def _power(Z: torch.Tensor) -> torch.Tensor:
     return (Z.real.square() + Z.imag.square()).to(torch.float64)
 
 
-def seam_spectrum(image: torch.Tensor, fft_size: Tuple[int, int], margin: Tuple[int, int],
-                  mode: str) -> torch.Tensor:
-    """Spectrum of the error a boundary extension makes, measured on the image.
+def consistency_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Tensor, geometry,
+                         extend: Callable) -> torch.Tensor:
+    """Spectrum of the part of the padded observation that no extended scene explains.
 
-    The fast path extends the observation by ``mode`` past its edges, where
-    the true blurred scene goes on otherwise; that difference is the
-    structured error the circular solve then rings on. It cannot be seen
-    outside the image, but the same extension made from the image's interior
-    can be checked against the image itself: ``d = y - pad_mode(y[mt:-mt,
-    ml:-ml])`` is the extension error over a border of ``margin = (mt, ml)``
-    pixels, a sample of the same statistics. Returns ``rfft2(d)`` of a zero
-    (Nh, Nw) buffer, complex (..., Nh, Nw // 2 + 1) in the image's precision;
-    zeros when the image is too small to hold a margin.
+    The fast path solves circularly on the buffer ``b = pad_mode(y)``. Far
+    from the image's edges ``b`` is the blur of the same extension of the
+    scene; at the seams (where the blur of ``y`` saw a scene the extension
+    does not reproduce, and where the buffer wraps around) and wherever the
+    blur is not symmetric under the extension (a mirrored motion blur is
+    another blur) it is not, and the solve turns that inconsistency into
+    ringing. With the solve ``x0`` at a moderate regulariser (its crop an
+    estimate of the scene), ``e = b - K (*) extend(crop(x0))`` is that
+    inconsistency; returns ``rfft2(e)``. Three transforms (``x0``'s inverse,
+    the extension's forward, and none for ``b``: ``Y`` is given).
+
+    Parameters
+    ----------
+    Y : Tensor (..., Nh, Nw // 2 + 1), complex: ``rfft2(b)``
+    spectrum : Tensor broadcastable to Y, complex: the PSF's ``K``
+    reg : Tensor broadcastable to Y, real >= 0: ``x0``'s regulariser operand
+        (eps0 times ``|R|^2``, per system)
+    geometry : object with ``top``, ``left``, ``height``, ``width``, ``fft_size``
+    extend : callable, (..., H, W) -> (..., Nh, Nw): how the fast path builds
+        its buffer from an image (``pad_mode``, and the plan's taper if any)
+
+    Returns
+    -------
+    Tensor like Y. Where ``|K|^2 + reg = 0`` the solve keeps nothing (as the
+    pseudo-inverse), so ``x0`` has no such component.
     """
-    H, W = image.shape[-2:]
-    Nh, Nw = fft_size
-    x = _rule_dtype(image)
-    mt = max(0, min(int(margin[0]), (H - 1) // 2))
-    ml = max(0, min(int(margin[1]), (W - 1) // 2))
-    if mt == 0 and ml == 0:
-        cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
-        return torch.zeros(*x.shape[:-2], Nh, Nw // 2 + 1, dtype=cdt, device=x.device)
-    inner = x[..., mt:H - mt, ml:W - ml]
-    d = x - pad_extend(inner, mt, ml, H, W, mode).to(x.dtype)
-    return torch.fft.rfft2(d, s=(Nh, Nw))
+    Nh, Nw = geometry.fft_size
+    top, left, H, W = geometry.top, geometry.left, geometry.height, geometry.width
+    k2 = spectrum.real.square() + spectrum.imag.square()
+    den = k2 + reg
+    X0 = spectrum.conj() * Y / torch.where(den > 0, den, torch.ones_like(den))
+    X0 = torch.where(den > 0, X0, torch.zeros_like(X0))
+    x0 = torch.fft.irfft2(X0, s=(Nh, Nw))[..., top:top + H, left:left + W]
+    return Y - spectrum * torch.fft.rfft2(extend(x0).to(x0.dtype))
 
 
 class _Prior(NamedTuple):
@@ -1328,33 +1383,33 @@ class _Prior(NamedTuple):
     dc_power: torch.Tensor  # (B, P) mean^2 per plane
 
 
-def _edge_risk(spE: _Spectra, prior: _Prior, t: torch.Tensor, s2: torch.Tensor, rho: float,
-               k2_max: float) -> torch.Tensor:
+def _edge_risk(spE: _Spectra, prior: _Prior, t: torch.Tensor, s2: torch.Tensor,
+               rho: float) -> torch.Tensor:
     """Edge-aware estimate of the padded solve's error ``||x_eps - x||^2 / N``, (B, G).
 
-    ``sum_w c [g^2 S + f^2 (s^2 + rho |E|^2 / N) / |K|^2 - rho f^2 |E|^2 / (N |K|_max^2)]``
-    with ``S = N s^2 / (eps_L |L|^2)`` (``|X(0)|^2 = N^2 mean^2`` at DC): a
+    ``sum_w c [g^2 S + f^2 (s^2 + rho |E|^2 / N) / |K|^2]`` with
+    ``S = N s^2 / (eps_L |L|^2)`` (``|X(0)|^2 = N^2 mean^2`` at DC): a
     Laplacian (``1 / |w|^4``) signal prior calibrated by GCV on the observed
     region (``eps_L``, for which it is the Wiener optimum), the noise, and
-    the seam error ``E`` amplified by the filter beyond unit gain (what the
-    filter passes unamplified stays outside the image and is cropped).
-    ``spE``: the binned sums of ``|E|^2`` with the user's ``1 / |R|^2`` weights
-    (``wr = sum c / |R|^2``, ``wry = sum c |E|^2 / (|R|^2 N)``, ``wy = sum c
-    |E|^2 / N``); ``rho = 0`` drops the seam term.
+    the ringing the filter makes of the inconsistency ``E`` of the padded
+    data (:func:`consistency_spectrum`). ``rho`` weighs the ringing: the sum
+    runs over the whole buffer, but the part of it that the solve puts in
+    the padding is cropped away (measured: from 1/5 to 1/100 of it lands in
+    the image, :data:`EDGE_WEIGHT`). ``spE``: the binned sums of ``|E|^2``
+    with the user's ``1 / |R|^2`` weights (``wr = sum c / |R|^2``,
+    ``wry = sum c |E|^2 / (|R|^2 N)``); ``rho = 0`` drops the ringing term.
     """
     e = torch.exp(t)[..., None]
     q = spE.q[:, None, :]
     d = 1.0 / (q + e)
     g = e * d
     amp = q * d * d                                   # f^2 / |K|^2 times |R|^2
-    s2c = s2[:, None]
-    out = prior.scale[:, None] * _bsum(g * g, prior.weight) + s2c * _bsum(amp, spE.wr)
+    out = prior.scale[:, None] * _bsum(g * g, prior.weight) + s2[:, None] * _bsum(amp, spE.wr)
     g_dc = e / (prior.dc_q[:, None, :] + e)              # (B, G, P)
     dc = torch.where(torch.isfinite(prior.dc_q)[:, None, :], g_dc * g_dc, torch.zeros_like(g_dc))
     out = out + (dc * prior.dc_power[:, None, :]).sum(-1)
     if rho:
-        f = 1.0 - g
-        out = out + rho * (_bsum(amp, spE.wry) - _bsum(f * f, spE.wy) / k2_max)
+        out = out + rho * _bsum(amp, spE.wry)
     return out
 
 
@@ -1384,11 +1439,12 @@ def _minimise(fun, lo: torch.Tensor, hi: torch.Tensor, rtol: float, grid_fun=Non
 
 
 def minimise_edge_risk(spE: _Spectra, prior: _Prior, s2: torch.Tensor, rho: float,
-                       k2_max: float, rtol: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                       rtol: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """argmin over log eps of :func:`_edge_risk` per system, and the risk there: (B,), (B,).
 
-    A grid over the range the seam sums imply, then the nested refinement;
-    the reference the execution layer's C++ ``edge_risk_search`` follows.
+    A grid over the range the binned sums imply, then the nested
+    refinement; the reference the execution layer's C++ ``edge_risk_search``
+    follows.
     """
     lo, hi = _log_range(spE, None)
     # The grid stage on bins COARSEN times wider (as _search's).
@@ -1396,59 +1452,38 @@ def minimise_edge_risk(spE: _Spectra, prior: _Prior, s2: torch.Tensor, rho: floa
     B, nb = prior.weight.shape
     wide = prior if coarse is spE else prior._replace(
         weight=prior.weight.reshape(B, nb // COARSEN, COARSEN).sum(-1))
-    return _minimise(lambda t: _edge_risk(spE, prior, t, s2, rho, k2_max), lo, hi, rtol,
-                     grid_fun=lambda t: _edge_risk(coarse, wide, t, s2, rho, k2_max))
+    return _minimise(lambda t: _edge_risk(spE, prior, t, s2, rho), lo, hi, rtol,
+                     grid_fun=lambda t: _edge_risk(coarse, wide, t, s2, rho))
 
 
 #: This module's own implementations of the :class:`RuleKernels` steps.
 REFERENCE = RuleKernels(search=search, edge_search=minimise_edge_risk, bin_power=power_bins)
 
 
-def edge_factor(bins: "RuleBins", prior_bins: "RuleBins", Zw: torch.Tensor,
-                ZE: torch.Tensor, dc_power: torch.Tensor, s2: torch.Tensor, gdims: int,
-                rho: float, rtol: float = 1e-2, window_scale: float = 1.0,
-                kernels: Optional[RuleKernels] = None,
-                prior_hist=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """How much the fast path's edge error raises eps, and the risk there, per system.
+def edge_prior(bins: "RuleBins", prior_bins: "RuleBins", Zw: torch.Tensor,
+               dc_power: torch.Tensor, s2: torch.Tensor, gdims: int, rtol: float,
+               window_scale: float, kernels: RuleKernels, prior_hist) -> _Prior:
+    """The signal prior of :func:`_edge_risk`, one row per system.
 
-    ``eps_E / eps_0``: the minimisers of :func:`_edge_risk` with and without
-    the seam term, for the user's filter (``bins``), the prior calibrated by
-    GCV with the Laplacian (``prior_bins``) on the window's spectrum ``Zw``
-    (:func:`window_spectrum`). ``ZE`` the seam error's spectrum
-    (:func:`seam_spectrum`), ``dc_power`` the DC signal power ``N mean^2``
-    per plane (``ZE.shape[:-2]``), ``s2`` the noise variance per system
-    (image units), ``window_scale`` the window's ``sum(w^2) / (Nh Nw)`` (what
-    turns window units into image units). ``kernels``: :class:`RuleKernels`
-    (default :data:`REFERENCE`); ``prior_hist``: ``prior_bins``' histogram of
-    ``Zw`` when the caller has it.
-
-    Returns ``(factor, risk)``, each (B,) float64: the factor (>= 1 up to the
-    search's resolution) and the risk estimate at ``eps_E`` (the squared
-    error summed over the buffer, up to an eps-independent constant).
+    GCV with the Laplacian on the window's spectrum ``Zw``
+    (:func:`window_spectrum`; ``prior_hist`` its histogram in ``prior_bins``)
+    gives ``eps_L``; the prior's scale is the variance GCV fitted (its
+    residual per degree of freedom, Wahba's estimate) over ``eps_L``, not the
+    noise estimate: on a noise-free image the window's own error sets
+    ``eps_L``, and the noise variance (~1e-18) over it would call the signal
+    1e-12 of its power. ``dc_power``: ``N mean^2`` per plane, ``s2`` the
+    noise variance per system (image units), ``window_scale`` the window's
+    ``sum(w^2) / (Nh Nw)``.
     """
-    k = kernels or REFERENCE
-    spE, _ = bins.spectra(ZE, gdims, risk=True, hist=bins.power_hist(ZE, True, k.bin_power))
-    # GCV with the Laplacian on the window (choose_from_bins' search, on sums
-    # binned once: the prior's scale below reads them again).
-    if prior_hist is None:
-        prior_hist = prior_bins.power_hist(Zw, False, k.bin_power)
     sp_l, lead_l = prior_bins.spectra(Zw, gdims, hist=prior_hist)
-    eps_l, _ = _finish(*k.search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
+    eps_l, _ = _finish(*kernels.search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
                        FALLBACK_EPS)
+    fit = _terms_at(sp_l, lead_l, eps_l)
     eps_l = eps_l.reshape(-1)
-    dc_q = bins.grouped_dc_q(ZE.shape, gdims)
-    # The prior's scale is the variance GCV fitted (its residual per degree of
-    # freedom, Wahba's estimate) over eps_L, not the noise estimate: on a
-    # noise-free image the window's own error sets eps_L, and the noise
-    # variance (~1e-18) over it would call the signal 1e-12 of its power,
-    # leaving the seam term alone to choose eps.
-    fit = _terms_at(sp_l, lead_l, eps_l.reshape(lead_l))
     s2_fit = torch.maximum(s2, (fit.residual / fit.dof).reshape(-1) / window_scale)
-    prior = _Prior(bins.grouped(bins.prior_w, ZE.shape, gdims), s2_fit / eps_l, dc_q,
-                   dc_power.reshape(dc_q.shape))
-    t0, _ = k.edge_search(spE, prior, s2, 0.0, bins.k2_max, rtol)
-    tE, fE = k.edge_search(spE, prior, s2, rho, bins.k2_max, rtol)
-    return torch.exp(tE - t0), fE
+    dc_q = bins.grouped_dc_q(Zw.shape, gdims)
+    return _Prior(bins.grouped(bins.prior_w, Zw.shape, gdims), s2_fit / eps_l, dc_q,
+                  dc_power.reshape(dc_q.shape))
 
 
 def padded_bins(k2: torch.Tensor, r2: Optional[torch.Tensor], fft_size: Tuple[int, int],
@@ -1466,8 +1501,9 @@ def padded_bins(k2: torch.Tensor, r2: Optional[torch.Tensor], fft_size: Tuple[in
 
 
 def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.Tensor,
-                            rule: str, *, fft_size: Tuple[int, int], psf_size: Tuple[int, int],
-                            mode: str, gdims: int, margin: Optional[Tuple[int, int]] = None,
+                            Y: torch.Tensor, spectrum: torch.Tensor,
+                            reg_power: Optional[torch.Tensor], rule: str, *, geometry,
+                            psf_size: Tuple[int, int], extend: Callable, gdims: int,
                             taper: Optional[int] = None,
                             noise_std: Union[None, float, torch.Tensor] = None,
                             tau: float = 1.0, rtol: float = 1e-2,
@@ -1477,30 +1513,34 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
                             kernels: Optional[RuleKernels] = None) -> EpsChoice:
     """Choose eps for the padded fast path; the bins hold the padded-size operator.
 
-    Two steps (module docstring, "Non-circular boundaries"): the rule on the
-    windowed observed region (:func:`window_spectrum`), then eps times the edge
-    factor (:func:`edge_factor`, with the seam error of :func:`seam_spectrum`
-    weighted by :data:`EDGE_WEIGHT`). ``bins``: the user's regulariser, built
-    with ``prior_r2`` (the Laplacian's power) and ``risk=True``;
-    ``prior_bins``: the Laplacian's (the same object when the user's
-    regulariser is the Laplacian). ``image`` (..., H, W) unpadded; ``mode``
-    the fast path's extension rule; ``margin`` the seam width (default: the
-    PSF's half size plus one); ``noise_std`` in image units (None: the
-    spectral estimate on the windowed region). The objective returned is
-    the rule's on the window when ``edge_weight=0``, else the edge-aware
-    risk estimate per pixel at the chosen eps. ``kernels``:
+    Module docstring, "Non-circular boundaries". ``bins``: the user's
+    regulariser, built with ``prior_r2`` (the Laplacian's power) and
+    ``risk=True``; ``prior_bins``: the Laplacian's (the same object when the
+    user's regulariser is the Laplacian). ``image`` (..., H, W) unpadded,
+    ``Y`` the spectrum of its padded buffer (``rfft2(pad_mode(image))``),
+    ``spectrum`` the PSF's ``K`` and ``reg_power`` the user's ``|R|^2`` (None:
+    identity) at the buffer's size, ``geometry`` where the image sits in the
+    buffer, ``extend`` how the fast path builds its buffer from an image
+    (:func:`consistency_spectrum`). ``noise_std`` in image
+    units (None: the spectral estimate on the windowed region). "auto"
+    minimises the edge-aware risk; another rule runs on the window and its eps
+    is raised by the factor the ringing term asks for. ``edge_weight=0``
+    drops the ringing term (then "auto" is the prior's risk minimiser and a
+    rule's eps is returned as the window gave it). The objective returned is
+    the rule's on the window for a rule with ``edge_weight=0``, else the
+    edge-aware risk estimate per pixel at the chosen eps. ``kernels``:
     :class:`RuleKernels` (default :data:`REFERENCE`).
     """
     k = kernels or REFERENCE
     rho = EDGE_WEIGHT if edge_weight is None else float(edge_weight)
+    fft_size = tuple(geometry.fft_size)
     H, W = image.shape[-2:]
     taper = default_taper((H, W), psf_size) if taper is None else int(taper)
-    if margin is None:
-        margin = (psf_size[0] // 2 + 1, psf_size[1] // 2 + 1)
     Zw, scale = window_spectrum(image, fft_size, taper)
     lead = Zw.shape[:-gdims]
     rule = resolve(rule, bins, padded=True)
-    hist_w = bins.power_hist(Zw, rule == "risk", k.bin_power)
+    named = rule != EDGE_RISK
+    hist_w = bins.power_hist(Zw, rule == "risk", k.bin_power) if named else None
     # The noise level in window units (what the rules on Zw expect) and in image units.
     if noise_std is None:
         s_win = bins.noise_std(Zw, gdims, fft_size).reshape(lead)
@@ -1509,33 +1549,53 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
     else:
         s_win = torch.full(lead, float(noise_std) * math.sqrt(scale), dtype=torch.float64,
                            device=Zw.device)
-    inner = choose_from_bins(bins, Zw, rule, size=fft_size, gdims=gdims,
-                             noise_std=s_win if rule in NEEDS_NOISE else None, tau=tau,
-                             rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps,
-                             hist=hist_w, kernels=k)
     s_img = (s_win / math.sqrt(scale)).reshape(lead)
-    if rho == 0:
-        return inner._replace(noise_std=s_img)
+    if named:
+        inner = choose_from_bins(bins, Zw, rule, size=fft_size, gdims=gdims,
+                                 noise_std=s_win if rule in NEEDS_NOISE else None, tau=tau,
+                                 rtol=rtol, eps_range=eps_range, fallback_eps=fallback_eps,
+                                 hist=hist_w, kernels=k)
+        if rho == 0:
+            return inner._replace(noise_std=s_img)
+    prior_hist = (hist_w[0], None) if named and prior_bins is bins else \
+        prior_bins.power_hist(Zw, False, k.bin_power)
     n_buf = fft_size[0] * fft_size[1]
     # |X(0)|^2 / N of the buffer: N mean^2.
     dc_power = n_buf * image.detach().mean(dim=(-2, -1), dtype=torch.float64) ** 2
-    ZE = seam_spectrum(image, fft_size, margin, mode)
-    factor, risk = edge_factor(bins, prior_bins, Zw, ZE, dc_power, (s_img * s_img).reshape(-1),
-                               gdims, rho, rtol, window_scale=scale, kernels=k,
-                               prior_hist=(hist_w[0], None) if prior_bins is bins else None)
-    risk = risk / n_buf
-    eps = inner.eps.reshape(-1) * factor.clamp(min=1.0)
+    s2 = (s_img * s_img).reshape(-1)
+    prior = edge_prior(bins, prior_bins, Zw, dc_power, s2, gdims, rtol, scale, k, prior_hist)
+    # The prior's risk minimiser (no ringing term: the data's sums are not read).
+    zeros = torch.zeros(*Zw.shape[:-2], bins.nb + 2, dtype=torch.float64, device=Zw.device)
+    sp0, _ = bins.spectra(Zw, gdims, risk=True, hist=(zeros, zeros))
+    t0, risk = k.edge_search(sp0, prior, s2, 0.0, rtol)
+    t = t0
+    if rho:
+        # The inconsistency of the padded data, from the solve at the prior's
+        # eps (at least the gain floor: EDGE_GAIN).
+        e0 = torch.exp(t0).clamp(min=bins.gain_floor).reshape(*lead, *([1] * gdims))
+        e0 = e0.to(Y.real.dtype)
+        reg0 = e0 if reg_power is None else e0 * reg_power
+        E = consistency_spectrum(Y, spectrum, reg0, geometry, extend)
+        spE, _ = bins.spectra(E, gdims, risk=True,
+                              hist=(zeros, k.bin_power(E, bins.idx, bins.risk_weights,
+                                                       bins.nb + 2)))
+        t, risk = k.edge_search(spE, prior, s2, rho, rtol)
+    if named:
+        eps = inner.eps.reshape(-1) * torch.exp(t - t0).clamp(min=1.0)
+    else:
+        eps = torch.exp(t)
     if eps_range is not None:
-        eps = eps.clamp(max=float(eps_range[1]))
+        eps = eps.clamp(min=float(eps_range[0]), max=float(eps_range[1]))
     # A system the rule could not decide keeps the fallback.
     # (No power in the window: every weight c(w) > 0, so its binned sum is 0.)
-    power = hist_w[0].sum(-1)
+    power = prior_hist[0].sum(-1)
     undecided = ~((power.sum(-1) if gdims > 2 else power).reshape(-1) > 0)
     eps = torch.where(undecided, torch.full_like(eps, fallback_eps), eps)
-    return EpsChoice(eps.reshape(lead), risk.reshape(lead), rule, s_img, inner.per)
+    per = "plane" if gdims == bins.fdims else "sample"
+    return EpsChoice(eps.reshape(lead), (risk / n_buf).reshape(lead), rule, s_img, per)
 
 
-def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.Tensor],
+def choose_eps_padded(image: torch.Tensor, spectrum: torch.Tensor, r2: Optional[torch.Tensor],
                       geometry, rule: str = "auto", *, psf_size: Tuple[int, int],
                       taper: Optional[int] = None, mode: str = "symmetric",
                       noise_std: Union[None, float, torch.Tensor] = None, per: str = "plane",
@@ -1546,34 +1606,28 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
     """Choose eps for the padded fast path of a non-circular boundary.
 
     The padded solve extends the observation to ``geometry.fft_size`` and
-    solves circularly there. The extension is not the blur of anything (its
-    seams carry an error that is structured, not noise): a rule applied to
-    the padded spectrum fits that error with a too-small eps, and the solve
-    rings on it where eps is small. So (module docstring, "Non-circular
-    boundaries"):
-
-    1. the rule runs on the *observed region only*, made periodic by a
-       window: ``z = w (y - mean)`` with a separable Tukey window ``w``
-       (raised-cosine ramps of ``taper`` pixels inside the image edge), zero
-       elsewhere in the buffer. For a window smooth on the PSF's scale,
-       ``z = K (w x) + w n`` up to a small commutator, and ``w n`` has the
-       expected power ``s^2 sum(w^2)`` at every frequency: white noise of
-       variance ``s^2 sum(w^2) / (Nh Nw)`` on the buffer;
-    2. eps is then raised as far as an edge-aware risk estimate asks: the
-       rule's eps calibrates a Wiener prior, the seam error is measured on
-       the image (:func:`seam_spectrum`), and the filter's amplification of it
-       is weighed against the bias (:func:`_edge_risk`). ``edge_weight=0``
-       skips this step.
+    solves circularly there. The extension is not the blur of anything near
+    its seams: a rule applied to the padded spectrum fits that error with a
+    too-small eps, and the solve rings on it where eps is small. So (module
+    docstring, "Non-circular boundaries") the noise level and a signal prior
+    are fitted on the *observed region only*, made periodic by a window, and
+    eps minimises an estimate of the solution's error that adds to the
+    prior's bias and the noise the ringing the solve makes of the padded
+    data's inconsistency (:func:`consistency_spectrum`). A named rule runs on
+    the window and is raised by the factor the ringing asks for.
 
     Parameters
     ----------
     image : Tensor (..., H, W), the observation (not padded)
-    k2, r2 : Tensors broadcastable to (..., Nh, Nw // 2 + 1): the plan's
-        padded-size ``|K|^2`` and ``|R|^2`` (r2 None: identity)
-    geometry : object with ``height``, ``width``, ``fft_size``
+    spectrum : Tensor broadcastable to (..., Nh, Nw // 2 + 1), complex: the
+        PSF's ``rfft2`` at the buffer's size, centred as the plan's
+        (``DeconvPlan(...).spectrum``)
+    r2 : Tensor broadcastable to the same shape, real >= 0, or None
+        (identity): ``|R|^2``
+    geometry : object with ``top``, ``left``, ``height``, ``width``, ``fft_size``
         (``plans.padded.PadGeometry``)
     rule : as in :func:`choose_eps`
-    psf_size : (kh, kw), sets the default taper and the seam width
+    psf_size : (kh, kw), sets the default taper
     taper : int >= 1, optional; ramp width, default :func:`default_taper`
     mode : str, the fast path's extension rule (``F.pad`` names)
     noise_std : optional; default: the spectral estimate on the windowed region
@@ -1584,7 +1638,7 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
     -------
     eps, objective : Tensor, float64, ``image.shape[:-2]`` (or ``[:-3]``);
     the objective is the edge-aware risk estimate (up to a constant) per
-    pixel, or the rule's objective on the window with ``edge_weight=0``.
+    pixel, or a rule's objective on the window with ``edge_weight=0``.
     """
     _check_common(rule, per, tau, rtol, eps_range, fallback_eps)
     noise_std = _check_positive("noise_std", noise_std)
@@ -1593,6 +1647,10 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
         raise TypeError("image must be a real floating torch.Tensor (..., H, W)")
     if not bool(torch.isfinite(image).all()):
         raise ValueError("image contains NaN or infinite values")
+    if not isinstance(spectrum, torch.Tensor) or not spectrum.is_complex():
+        raise TypeError(f"spectrum must be the PSF's complex half spectrum K at the buffer's "
+                        f"size (DeconvPlan(...).spectrum); got "
+                        f"{spectrum.dtype if isinstance(spectrum, torch.Tensor) else spectrum!r}")
     H, W = image.shape[-2:]
     Nh, Nw = _check_size(tuple(geometry.fft_size))
     if (geometry.height, geometry.width) != (H, W) or Nh < H or Nw < W:
@@ -1602,14 +1660,23 @@ def choose_eps_padded(image: torch.Tensor, k2: torch.Tensor, r2: Optional[torch.
         raise ValueError(f"taper={taper!r} is not valid; expected a positive int")
     if edge_weight is not None:
         _check_positive("edge_weight", edge_weight + 1.0, allow_none=False)
-    k2 = _check_power("k2", k2)
+    k2 = _check_power("|spectrum|^2", spectrum.real.square() + spectrum.imag.square())
     r2 = None if r2 is None else _check_power("r2", r2)
     if per == "sample" and image.dim() < 3:
         raise ValueError(f"per='sample' groups dims -3.. (channels, H, W); image has shape "
                          f"{tuple(image.shape)}")
     bins, prior = padded_bins(k2, r2, (Nh, Nw))
-    c = choose_padded_from_bins(bins, prior, image, rule, fft_size=(Nh, Nw), psf_size=(kh, kw),
-                                mode=mode, gdims=2 if per == "plane" else 3, taper=taper,
+    x = _rule_dtype(image)
+    cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+
+    def extend(z):
+        return pad_extend(z, geometry.top, geometry.left, Nh, Nw, mode)
+
+    Y = torch.fft.rfft2(extend(x).to(x.dtype))
+    c = choose_padded_from_bins(bins, prior, image, Y, spectrum.to(cdt),
+                                None if r2 is None else r2.to(x.dtype), rule, geometry=geometry,
+                                psf_size=(kh, kw), extend=extend,
+                                gdims=2 if per == "plane" else 3, taper=taper,
                                 noise_std=noise_std, tau=tau, rtol=rtol, eps_range=eps_range,
                                 fallback_eps=fallback_eps, edge_weight=edge_weight)
     return c.eps, c.objective

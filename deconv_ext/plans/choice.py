@@ -108,36 +108,34 @@ def circular_solve(plan, image: torch.Tensor):
 def padded_solve(plan, image: torch.Tensor):
     """``(x, EpsChoice)``: the padded fast path of ``image`` with eps chosen per system.
 
-    The rule runs on the observed region and the seam error of the fast
-    path's extension (:func:`~deconv_ext.maths.parameter_choice.choose_padded_from_bins`:
-    two FFTs of the image's size padded to the buffer), then the fused
-    pad-solve-crop op runs with the chosen eps as its regulariser operand.
+    The buffer's spectrum, computed once, serves both the choice
+    (:func:`~deconv_ext.maths.parameter_choice.choose_padded_from_bins`: the
+    window's transform and the three of the padded data's inconsistency) and
+    the solve with the chosen eps.
     """
     geo = plan.geometry
-    Nh, Nw = geo.fft_size
-    mode = padded.FAST_PAD_MODE[plan.boundary]
     gdims = system_dims(plan, image)
     noise = plan.noise_std
     if isinstance(noise, torch.Tensor):
         noise = noise.detach().to(torch.float64)
-    # All threads: the choice's cost here is two FFTs of the buffer and their
-    # binning (one thread took 0.77 ms per FFT at 540^2 against 0.41 ms with
-    # two); its searches run in C++ on the CPU, and torch's small operations
-    # on a few thousand bins stay on the calling thread anyway.
-    with torch.no_grad():
-        chosen = pc.choose_padded_from_bins(
-            plan._bins, plan._prior_bins, image.detach(), plan.rule, fft_size=(Nh, Nw),
-            psf_size=tuple(plan.psf.shape[-2:]), mode=mode, gdims=gdims, noise_std=noise,
-            kernels=execution.RULE_KERNELS)
-    reg = reg_operand(plan, chosen.eps, gdims)
-    if not plan.taper:
-        x = execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode, plan.spectrum,
-                                      reg, 1.0, plan.thresh)
-        return x, chosen
-    buf = padded.taper_border(execution.pad(image, geo.top, geo.left, Nh, Nw, mode), geo,
-                              plan.taper)
-    x = execution.deconv2d(buf, plan.spectrum, reg, 1.0, plan.thresh)
-    return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype), chosen
+    out = {}
+
+    def pick(Y):
+        # All threads: the choice's cost here is four FFTs of the buffer and
+        # their binning (one thread took 0.77 ms per FFT at 540^2 against
+        # 0.41 ms with two); its searches run in C++ on the CPU, and torch's
+        # small operations on a few thousand bins stay on the calling thread.
+        with torch.no_grad():
+            out["choice"] = c = pc.choose_padded_from_bins(
+                plan._bins, plan._prior_bins, image.detach(), Y, plan.spectrum.detach(),
+                plan._reg_power, plan.rule, geometry=geo, psf_size=tuple(plan.psf.shape[-2:]),
+                extend=lambda x: padded.extend(plan, x), gdims=gdims, noise_std=noise,
+                kernels=execution.RULE_KERNELS)
+        return reg_operand(plan, c.eps, gdims), 1.0
+
+    x = execution.deconv2d_chosen(padded.extend(plan, image.to(plan.dtype)), plan.spectrum,
+                                   plan.thresh, pick)
+    return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype), out["choice"]
 
 
 def empty(plan, image: torch.Tensor) -> pc.EpsChoice:

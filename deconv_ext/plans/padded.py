@@ -52,6 +52,7 @@ __all__ = [
     "psf_pads",
     "padded_geometry",
     "taper_border",
+    "extend",
     "apply_model",
     "padded_solve",
     "plan_apply",
@@ -214,14 +215,23 @@ def padded_solve(plan, image: torch.Tensor) -> torch.Tensor:
     """
     geo = plan.geometry
     Nh, Nw = geo.fft_size
-    mode = FAST_PAD_MODE[plan.boundary]
     if not plan.taper:
-        return execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw, mode,
-                                         plan._solve_spectrum, plan._reg_op, plan._eps_op,
-                                         plan.thresh)
-    buf = taper_border(execution.pad(image, geo.top, geo.left, Nh, Nw, mode), geo, plan.taper)
-    x = execution.deconv2d(buf, plan._solve_spectrum, plan._reg_op, plan._eps_op, plan.thresh)
+        return execution.padded_deconv2d(image, geo.top, geo.left, Nh, Nw,
+                                         FAST_PAD_MODE[plan.boundary], plan._solve_spectrum,
+                                         plan._reg_op, plan._eps_op, plan.thresh)
+    x = execution.deconv2d(extend(plan, image), plan._solve_spectrum, plan._reg_op,
+                           plan._eps_op, plan.thresh)
     return execution.crop(x, geo.top, geo.left, geo.height, geo.width, image.dtype)
+
+
+def extend(plan, image: torch.Tensor) -> torch.Tensor:
+    """The buffer the fast path solves: ``image`` (..., H, W) extended by
+    :data:`FAST_PAD_MODE` [boundary] to the plan's (Nh, Nw), then tapered if
+    the plan has a taper. (Without one, :func:`padded_solve` fuses this pad
+    into its solve.)"""
+    geo = plan.geometry
+    buf = execution.pad(image, geo.top, geo.left, *geo.fft_size, FAST_PAD_MODE[plan.boundary])
+    return taper_border(buf, geo, plan.taper) if plan.taper else buf
 
 
 def plan_apply(plan, x: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
