@@ -139,3 +139,23 @@ def test_rule_search_refuses_bad_arguments():
         cpp.rule_search(fine.q, fine.wa, fine.wy[:, :5], *args[3:], s2, "gcv", *tail)
     with pytest.raises(TypeError, match="q must be Double"):
         cpp.rule_search(fine.q.float(), *args[1:], s2, "gcv", *tail)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_the_routed_solve_of_the_padded_choice_equals_the_torch_reference(dtype):
+    # The padded choice's solve at the prior's eps: the fused C++ solve on a
+    # copy, against conj(K) Y / (|K|^2 + reg) with 0 where that vanishes.
+    g = torch.Generator().manual_seed(11)
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    Y = torch.randn(2, 16, 9, dtype=dtype, generator=g)
+    K = torch.randn(16, 9, dtype=dtype, generator=g)
+    K[0, 0] = 0
+    full = torch.rand(16, 9, dtype=real, generator=g)
+    full[0, 0] = 0                                       # |K|^2 + reg = 0 there
+    for reg in (full, torch.full((2, 1, 1), 0.3, dtype=real)):
+        before = Y.clone()
+        got = execution.RULE_KERNELS.solve(Y, K, reg)
+        want = pc.tikhonov_spectrum(Y, K, reg)
+        tol = 1e-6 if dtype == torch.complex64 else 1e-14
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        assert bool((got[..., 0, 0] == 0).all()) and torch.equal(Y, before)

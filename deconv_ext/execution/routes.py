@@ -340,10 +340,21 @@ def edge_risk_search(spE, prior, s2, rho: float, rtol: float):
                                 pc.POINTS_PER_DECADE, pc.RANGE_DECADES, pc.REFINE_POINTS)
 
 
+def rule_solve(Y, k, reg):
+    """:func:`~deconv_ext.maths.parameter_choice.tikhonov_spectrum` (a new tensor):
+    the fused C++ solve on a copy for eager CPU tensors (one pass instead of
+    torch's ten: 0.24 against 1.6 ms at 540^2), else the reference."""
+    if cpp is None or route(Y, k, reg, fft=False) != "pipeline":
+        return pc.tikhonov_spectrum(Y, k, reg)
+    X = Y.detach().clone()
+    cpp.spectral_solve_(X, k, reg, 1.0, torch.zeros((1, 1), dtype=reg.dtype))
+    return X
+
+
 #: The steps of a rule's choice, routed (C++ on eager CPU tensors): what the
 #: plans hand to :mod:`deconv_ext.maths.parameter_choice`.
 RULE_KERNELS = pc.RuleKernels(search=rule_search, edge_search=edge_risk_search,
-                              bin_power=bin_power)
+                              bin_power=bin_power, solve=rule_solve)
 
 
 def channel_mix(Y, G, adjoint: bool):
