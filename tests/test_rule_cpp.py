@@ -159,3 +159,16 @@ def test_the_routed_solve_of_the_padded_choice_equals_the_torch_reference(dtype)
         tol = 1e-6 if dtype == torch.complex64 else 1e-14
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
         assert bool((got[..., 0, 0] == 0).all()) and torch.equal(Y, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s", [(30, 41), (36, 48), (35, 45)])
+def test_the_routed_transforms_of_the_padded_choice_equal_torch_fft(dtype, s):
+    # Zero-padded forward transforms and the inverse (which may overwrite its input).
+    g = torch.Generator().manual_seed(s[0] * s[1])
+    x = torch.rand(2, 30, 41, dtype=dtype, generator=g)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    want = torch.fft.rfft2(x, s=s)
+    torch.testing.assert_close(execution.RULE_KERNELS.rfft2(x, s), want, rtol=tol, atol=tol)
+    back = execution.RULE_KERNELS.irfft2(want.clone(), s)
+    torch.testing.assert_close(back, torch.fft.irfft2(want, s=s), rtol=tol, atol=tol)

@@ -351,10 +351,39 @@ def rule_solve(Y, k, reg):
     return X
 
 
+def _pipeline_fft(x) -> bool:
+    return cpp is not None and route(x) == "pipeline" and x.dtype in (
+        torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def rule_rfft2(x, s):
+    """``torch.fft.rfft2(x, s=s)`` (zero-padded to ``s``): the C++ pipeline's
+    transform on eager CPU tensors (MKL's DFTI direct: 0.44 against 0.78 ms at
+    540^2 in the padded choice), else torch's."""
+    if not _pipeline_fft(x):
+        return torch.fft.rfft2(x, s=s)
+    H, W = x.shape[-2:]
+    if (H, W) != tuple(s):
+        buf = x.new_zeros(*x.shape[:-2], *s)
+        buf[..., :H, :W] = x
+        x = buf
+    return cpp.rfft2(x.contiguous())
+
+
+def rule_irfft2(X, s):
+    """``torch.fft.irfft2(X, s=s)`` for ``X`` of (..., s[0], s[1] // 2 + 1): the C++
+    pipeline's inverse on eager CPU tensors (it overwrites ``X``: 0.54 against
+    1.3 ms at 540^2), else torch's."""
+    if not _pipeline_fft(X) or tuple(X.shape[-2:]) != (s[0], s[1] // 2 + 1):
+        return torch.fft.irfft2(X, s=s)
+    return cpp.irfft2(X.contiguous(), s[1])
+
+
 #: The steps of a rule's choice, routed (C++ on eager CPU tensors): what the
 #: plans hand to :mod:`deconv_ext.maths.parameter_choice`.
 RULE_KERNELS = pc.RuleKernels(search=rule_search, edge_search=edge_risk_search,
-                              bin_power=bin_power, solve=rule_solve)
+                              bin_power=bin_power, solve=rule_solve, rfft2=rule_rfft2,
+                              irfft2=rule_irfft2)
 
 
 def channel_mix(Y, G, adjoint: bool):

@@ -295,6 +295,16 @@ class RuleKernels(NamedTuple):
     edge_search: Callable       # as minimise_edge_risk()
     bin_power: Callable         # as power_bins()
     solve: Callable             # as tikhonov_spectrum()
+    rfft2: Callable             # (x, s) -> torch.fft.rfft2(x, s=s)
+    irfft2: Callable            # (X, s) -> torch.fft.irfft2(X, s=s); may overwrite X
+
+
+def _rfft2(x: torch.Tensor, s: Tuple[int, int]) -> torch.Tensor:
+    return torch.fft.rfft2(x, s=s)
+
+
+def _irfft2(X: torch.Tensor, s: Tuple[int, int]) -> torch.Tensor:
+    return torch.fft.irfft2(X, s=s)
 
 
 def tikhonov_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
@@ -1310,8 +1320,8 @@ def default_taper(size: Tuple[int, int], psf_size: Tuple[int, int]) -> int:
     return max(1, min(taper, min(size) // 4))
 
 
-def window_spectrum(image: torch.Tensor, fft_size: Tuple[int, int],
-                    taper: int) -> Tuple[torch.Tensor, float, torch.Tensor]:
+def window_spectrum(image: torch.Tensor, fft_size: Tuple[int, int], taper: int,
+                    rfft2: Callable = _rfft2) -> Tuple[torch.Tensor, float, torch.Tensor]:
     """``rfft2(w (y - mean))`` of the observed region, ``sum(w^2) / (Nh Nw)`` and the mean.
 
     ``w`` is a separable Tukey window (raised-cosine ramps of ``taper``
@@ -1321,6 +1331,7 @@ def window_spectrum(image: torch.Tensor, fft_size: Tuple[int, int],
     bright, sharp-edged plateau) on the data. Complex (..., Nh, Nw // 2 + 1), in
     the image's precision (:func:`_rule_dtype`); its power is what the rules
     bin. The mean per plane, (...) float64, is returned for the caller's DC term.
+    ``rfft2``: a :class:`RuleKernels` transform.
     """
     H, W = image.shape[-2:]
     Nh, Nw = fft_size
@@ -1334,7 +1345,7 @@ def window_spectrum(image: torch.Tensor, fft_size: Tuple[int, int],
     centred = (x - mean.to(x.dtype)[..., None, None]) * rows.to(x.dtype)[:, None]
     # sum(w^2) of the separable window: the product of its factors' sums.
     energy = float((rows * rows).sum()) * float((cols * cols).sum())
-    return (torch.fft.rfft2(centred * cols.to(x.dtype), s=(Nh, Nw)), energy / (Nh * Nw), mean)
+    return rfft2(centred * cols.to(x.dtype), (Nh, Nw)), energy / (Nh * Nw), mean
 
 
 def _rule_dtype(image: torch.Tensor) -> torch.Tensor:
@@ -1352,7 +1363,7 @@ def _power(Z: torch.Tensor) -> torch.Tensor:
 
 
 def consistency_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Tensor, geometry,
-                         extend: Callable, solve: Callable = tikhonov_spectrum) -> torch.Tensor:
+                         extend: Callable, kernels: Optional[RuleKernels] = None) -> torch.Tensor:
     """Spectrum of the part of the padded observation that no extended scene explains.
 
     The fast path solves circularly on the buffer ``b = pad_mode(y)``. Far
@@ -1375,7 +1386,7 @@ def consistency_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Ten
     geometry : object with ``top``, ``left``, ``height``, ``width``, ``fft_size``
     extend : callable, (..., H, W) -> (..., Nh, Nw): how the fast path builds
         its buffer from an image (``pad_mode``, and the plan's taper if any)
-    solve : callable, as :func:`tikhonov_spectrum` (a :class:`RuleKernels` entry)
+    kernels : :class:`RuleKernels` (its solve and transforms), default :data:`REFERENCE`
 
     Returns
     -------
@@ -1384,8 +1395,9 @@ def consistency_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Ten
     """
     Nh, Nw = geometry.fft_size
     top, left, H, W = geometry.top, geometry.left, geometry.height, geometry.width
-    x0 = torch.fft.irfft2(solve(Y, spectrum, reg), s=(Nh, Nw))[..., top:top + H, left:left + W]
-    return Y - spectrum * torch.fft.rfft2(extend(x0).to(x0.dtype))
+    k = kernels or REFERENCE
+    x0 = k.irfft2(k.solve(Y, spectrum, reg), (Nh, Nw))[..., top:top + H, left:left + W]
+    return Y - spectrum * k.rfft2(extend(x0).to(x0.dtype), (Nh, Nw))
 
 
 class _Prior(NamedTuple):
@@ -1472,7 +1484,7 @@ def minimise_edge_risk(spE: _Spectra, prior: _Prior, s2: torch.Tensor, rho: floa
 
 #: This module's own implementations of the :class:`RuleKernels` steps.
 REFERENCE = RuleKernels(search=search, edge_search=minimise_edge_risk, bin_power=power_bins,
-                        solve=tikhonov_spectrum)
+                        solve=tikhonov_spectrum, rfft2=_rfft2, irfft2=_irfft2)
 
 
 def edge_prior(bins: "RuleBins", prior_bins: "RuleBins", Zw: torch.Tensor,
@@ -1551,7 +1563,7 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
     fft_size = tuple(geometry.fft_size)
     H, W = image.shape[-2:]
     taper = default_taper((H, W), psf_size) if taper is None else int(taper)
-    Zw, scale, mean = window_spectrum(image, fft_size, taper)
+    Zw, scale, mean = window_spectrum(image, fft_size, taper, k.rfft2)
     lead = Zw.shape[:-gdims]
     rule = resolve(rule, bins, padded=True)
     named = rule != EDGE_RISK
@@ -1590,7 +1602,7 @@ def choose_padded_from_bins(bins: RuleBins, prior_bins: RuleBins, image: torch.T
         e0 = torch.exp(t0).clamp(min=bins.gain_floor).reshape(*lead, *([1] * gdims))
         e0 = e0.to(Y.real.dtype)
         reg0 = e0 if reg_power is None else e0 * reg_power
-        E = consistency_spectrum(Y, spectrum, reg0, geometry, extend, k.solve)
+        E = consistency_spectrum(Y, spectrum, reg0, geometry, extend, k)
         spE, _ = bins.spectra(E, gdims, risk=True,
                               hist=(zeros, k.bin_power(E, bins.idx, bins.risk_weights,
                                                        bins.nb + 2)))
