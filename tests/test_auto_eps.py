@@ -80,6 +80,11 @@ def test_a_zero_image_gives_zeros_with_the_fallback_eps(dtype):
     with pytest.warns(RuntimeWarning, match="does not determine eps"):
         out = dx.deconvolve(torch.zeros(20, 22, dtype=dtype), dx.gaussian(1.0), eps="gcv")
     assert out.dtype == dtype and bool((out == 0).all())
+    # The padded path: the flat prior warns in the words of the rule that ran.
+    with pytest.warns(RuntimeWarning, match="edge-risk prior"):
+        out, info = dx.deconvolve(torch.zeros(20, 22, dtype=dtype), dx.gaussian(1.0), eps="auto",
+                                  boundary="reflect", return_info=True)
+    assert out.dtype == dtype and bool((out == 0).all()) and float(info.eps) == pc.FALLBACK_EPS
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -86,8 +86,8 @@ too small eps, and the solve rings on it. So (:func:`choose_padded_from_bins`):
 
 ``"auto"`` is that minimiser; a named rule runs on the window (step 1's
 spectrum) and its eps is multiplied by the factor step 3 asks for over the
-prior's own minimiser. Four FFTs of the buffer in all (the window, the
-inconsistency's three; the buffer's own spectrum is the solve's).
+prior's own minimiser. Three FFTs of the buffer more than the solve's own
+(the window's and the inconsistency's two; the buffer's spectrum is shared).
 
 Noise level: rules that need it take ``noise_std``; when it is None they
 estimate it from the spectrum (:func:`~deconv_ext.maths.noise.estimate_noise_spectrum`);
@@ -1374,8 +1374,8 @@ def consistency_spectrum(Y: torch.Tensor, spectrum: torch.Tensor, reg: torch.Ten
     another blur) it is not, and the solve turns that inconsistency into
     ringing. With the solve ``x0`` at a moderate regulariser (its crop an
     estimate of the scene), ``e = b - K (*) extend(crop(x0))`` is that
-    inconsistency; returns ``rfft2(e)``. Three transforms (``x0``'s inverse,
-    the extension's forward, and none for ``b``: ``Y`` is given).
+    inconsistency; returns ``rfft2(e)``. Two transforms (``x0``'s inverse
+    and the extension's forward; ``b``'s is given as ``Y``).
 
     Parameters
     ----------
@@ -1503,8 +1503,9 @@ def edge_prior(bins: "RuleBins", prior_bins: "RuleBins", Zw: torch.Tensor,
     ``sum(w^2) / (Nh Nw)``.
     """
     sp_l, lead_l = prior_bins.spectra(Zw, gdims, hist=prior_hist)
-    eps_l, _ = _finish(*kernels.search(sp_l, "gcv", None, 1.0, None, rtol), lead_l, "gcv",
-                       FALLBACK_EPS)
+    # (A flat GCV here is reported as the edge-risk's prior, the rule the user ran.)
+    eps_l, _ = _finish(*kernels.search(sp_l, "gcv", None, 1.0, None, rtol), lead_l,
+                       f"{EDGE_RISK} prior: gcv", FALLBACK_EPS)
     fit = _terms_at(sp_l, lead_l, eps_l)
     eps_l = eps_l.reshape(-1)
     s2_fit = torch.maximum(s2, (fit.residual / fit.dof).reshape(-1) / window_scale)

@@ -110,7 +110,7 @@ def padded_solve(plan, image: torch.Tensor):
 
     The buffer's spectrum, computed once, serves both the choice
     (:func:`~deconv_ext.maths.parameter_choice.choose_padded_from_bins`: the
-    window's transform and the three of the padded data's inconsistency) and
+    window's transform and the two of the padded data's inconsistency) and
     the solve with the chosen eps.
     """
     geo = plan.geometry
@@ -121,7 +121,7 @@ def padded_solve(plan, image: torch.Tensor):
     out = {}
 
     def pick(Y):
-        # All threads: the choice's cost here is four FFTs of the buffer and
+        # All threads: the choice's cost here is three FFTs of the buffer and
         # their binning (one thread took 0.77 ms per FFT at 540^2 against
         # 0.41 ms with two); its searches run in C++ on the CPU, and torch's
         # small operations on a few thousand bins stay on the calling thread.
