@@ -51,7 +51,8 @@ def shape_name(shape) -> str:
 # -- the peers -------------------------------------------------------------
 
 def seed_formula(image: torch.Tensor, kernel: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """The formula of /work/shared/seed-article.md, as published (wrong: see README)."""
+    """The widely copied FFT recipe, as published (wrong: README, "Why the naive FFT formula
+    is wrong")."""
     image_fft = torch.fft.fft2(image)
     kernel_fft = torch.fft.fft2(kernel, s=(image.shape[-2], image.shape[-1]))
     kernel_fft_magnitude = torch.abs(kernel_fft) + epsilon

@@ -531,9 +531,9 @@ std::tuple<at::Tensor, at::Tensor> edge_risk_search(
   std::vector<double> lo(B), hi(B);
   for (int64_t b = 0; b < B; ++b) {
     rows[b] = {qc.const_data_ptr<double>() + b * nb, rc.const_data_ptr<double>() + b * nb,
-               ryc.const_data_ptr<double>() + b * nb, pc.const_data_ptr<double>() + b * nb, dqc.const_data_ptr<double>() + b * P,
-               dpc.const_data_ptr<double>() + b * P, nb, P, sc.const_data_ptr<double>()[b],
-               s2c.const_data_ptr<double>()[b]};
+               ryc.const_data_ptr<double>() + b * nb, pc.const_data_ptr<double>() + b * nb,
+               dqc.const_data_ptr<double>() + b * P, dpc.const_data_ptr<double>() + b * P, nb, P,
+               sc.const_data_ptr<double>()[b], s2c.const_data_ptr<double>()[b]};
     // The range where the filter factors move (parameter_choice._log_range).
     const Row range_row{rows[b].q, ac.const_data_ptr<double>() + b * nb, nullptr, nullptr,
                         nullptr, nb, 0.0, 0.0, 0.0};

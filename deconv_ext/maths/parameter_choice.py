@@ -175,12 +175,12 @@ __all__ = [
 ]
 
 RULES = ("auto", "gcv", "upre", "risk", "discrepancy", "lcurve")
-#: The rule "auto" runs: {(model, smoothness prior): rule}, model "circular"
-#: (the circulant model, and layers) or "padded" (the fast path of a
-#: non-circular boundary); module docstring, "auto".
 #: What "auto" runs on the padded path of a non-circular boundary: the
 #: minimiser of the edge-aware risk (module docstring, "Non-circular boundaries").
 EDGE_RISK = "edge-risk"
+#: The rule "auto" runs: {(model, smoothness prior): rule}, model "circular"
+#: (the circulant model, and layers) or "padded" (the fast path of a
+#: non-circular boundary); module docstring, "auto".
 AUTO_RULE = {("circular", True): "gcv", ("circular", False): "discrepancy",
              ("padded", True): EDGE_RISK, ("padded", False): EDGE_RISK}
 NEEDS_NOISE = ("upre", "risk", "discrepancy")
